@@ -1,0 +1,346 @@
+//! Courier's benchmark scenarios, shared by `cargo bench -p courier-bench` and `courier bench`.
+//!
+//! Every figure is measured next to its baseline in the same run, so it reads as a ratio on the same machine:
+//! - [`bus_throughput`]: publish-to-handle throughput through the bus, with concurrent publishers;
+//! - [`bus_latency_at_rate`]: publish-to-handle latency percentiles at a fixed offered rate;
+//! - [`raw_sqlite_baseline`]: the same rows inserted and deleted with plain SQLite, no bus;
+//! - [`rss_bytes`] / [`peak_rss_bytes`]: resident memory, for the flat-memory and backlog checks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use courier_bus::{Bus, Context, HandlerError, Retry};
+use courier_core::{Engine, Json, Message, Result};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, Semaphore};
+
+/// The benchmark message: a sequence number and a payload of the requested size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchMessage {
+    /// Sequence number.
+    pub seq: u64,
+    /// Filler.
+    pub payload: String,
+}
+
+impl Message for BenchMessage {
+    const NAME: &'static str = "courier.bench.message.v1";
+    type Codec = Json;
+}
+
+/// One measured scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figures {
+    /// What was measured.
+    pub scenario: String,
+    /// Messages (or rows) moved.
+    pub messages: u64,
+    /// Wall time.
+    pub seconds: f64,
+    /// Throughput.
+    pub per_second: f64,
+    /// Median publish-to-handle latency in microseconds, where measured.
+    pub p50_us: Option<u64>,
+    /// 99th percentile latency in microseconds, where measured.
+    pub p99_us: Option<u64>,
+    /// Maximum latency in microseconds, where measured.
+    pub max_us: Option<u64>,
+}
+
+impl Figures {
+    fn new(scenario: &str, messages: u64, elapsed: Duration, latency: Option<&Histogram<u64>>) -> Self {
+        let seconds = elapsed.as_secs_f64();
+        Self {
+            scenario: scenario.to_owned(),
+            messages,
+            seconds,
+            per_second: messages as f64 / seconds.max(1e-9),
+            p50_us: latency.map(|h| h.value_at_quantile(0.50)),
+            p99_us: latency.map(|h| h.value_at_quantile(0.99)),
+            max_us: latency.map(|h| h.max()),
+        }
+    }
+
+    /// A Markdown table row.
+    pub fn row(&self) -> String {
+        let ms = |v: Option<u64>| v.map_or("-".to_owned(), |us| format!("{:.2}", us as f64 / 1000.0));
+        format!(
+            "| {} | {} | {:.0} | {} | {} | {} |",
+            self.scenario,
+            self.messages,
+            self.per_second,
+            ms(self.p50_us),
+            ms(self.p99_us),
+            ms(self.max_us)
+        )
+    }
+
+    /// The Markdown table header matching [`row`](Self::row).
+    pub fn header() -> &'static str {
+        "| scenario | messages | msg/s | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|"
+    }
+}
+
+/// A payload of `size` bytes.
+pub fn payload(size: usize) -> String {
+    "x".repeat(size)
+}
+
+struct Sink {
+    handled: AtomicU64,
+    target: u64,
+    done: Notify,
+    latency: Mutex<Histogram<u64>>,
+}
+
+/// Starts a consumer on a fresh queue that records publish-to-handle latency; returns it with its sink.
+async fn start_sink(engine: &Engine, target: u64) -> Result<(Bus, Arc<Sink>, String)> {
+    let queue = format!("bench-{}", uuid_suffix());
+    let sink = Arc::new(Sink {
+        handled: AtomicU64::new(0),
+        target,
+        done: Notify::new(),
+        latency: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")),
+    });
+    let s = sink.clone();
+    let bus = Bus::builder(queue.clone())
+        .engine_instance(engine.clone())
+        .prefetch(1024)
+        .concurrency(64)
+        .retry(Retry::none())
+        .consume(move |_m: BenchMessage, ctx: Context| {
+            let s = s.clone();
+            async move {
+                let us = (chrono_now_micros() - ctx.envelope().time.timestamp_micros()).max(1) as u64;
+                let _ = s.latency.lock().unwrap_or_else(|p| p.into_inner()).record(us.min(600_000_000));
+                if s.handled.fetch_add(1, Ordering::Relaxed) + 1 == s.target {
+                    s.done.notify_one();
+                }
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await?;
+    Ok((bus, sink, queue))
+}
+
+fn chrono_now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+fn uuid_suffix() -> String {
+    format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()))
+}
+
+/// Publishes `messages` messages of `payload_size` bytes from `publishers` concurrent tasks and waits until all are
+/// handled. `on_progress` is called about every 1% with the number handled so far.
+pub async fn bus_throughput(
+    scenario: &str,
+    engine: &Engine,
+    messages: u64,
+    publishers: usize,
+    payload_size: usize,
+    on_progress: impl Fn(u64) + Send + Sync + 'static,
+) -> Result<Figures> {
+    let (consumer, sink, _queue) = start_sink(engine, messages).await?;
+    let producer =
+        Bus::builder(format!("bench-producer-{}", uuid_suffix())).engine_instance(engine.clone()).start().await?;
+    let body = payload(payload_size);
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..publishers.max(1) {
+        let (producer, next, body) = (producer.clone(), next.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let seq = next.fetch_add(1, Ordering::Relaxed);
+                if seq >= messages {
+                    return Ok::<(), courier_core::Error>(());
+                }
+                producer.publish(BenchMessage { seq, payload: body.clone() }).await?;
+            }
+        }));
+    }
+    let progress = {
+        let sink = sink.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                on_progress(sink.handled.load(Ordering::Relaxed));
+            }
+        })
+    };
+    for t in tasks {
+        t.await.map_err(|e| courier_core::Error::engine(format!("publisher panicked: {e}")))??;
+    }
+    let notified = sink.done.notified();
+    if sink.handled.load(Ordering::Relaxed) < messages {
+        notified.await;
+    }
+    let elapsed = start.elapsed();
+    progress.abort();
+    consumer.shutdown().await;
+    producer.shutdown().await;
+    let latency = sink.latency.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(Figures::new(scenario, messages, elapsed, Some(&latency)))
+}
+
+/// Offers `rate` messages per second for `seconds`, each publish started on schedule (up to 1,024 in flight), and
+/// measures publish-to-handle latency.
+pub async fn bus_latency_at_rate(
+    scenario: &str,
+    engine: &Engine,
+    rate: u64,
+    seconds: f64,
+    payload_size: usize,
+) -> Result<Figures> {
+    let messages = (rate as f64 * seconds) as u64;
+    let (consumer, sink, _queue) = start_sink(engine, messages).await?;
+    let producer =
+        Bus::builder(format!("bench-producer-{}", uuid_suffix())).engine_instance(engine.clone()).start().await?;
+    let body = payload(payload_size);
+    let in_flight = Arc::new(Semaphore::new(1024));
+    let start = Instant::now();
+    for seq in 0..messages {
+        let due = start + Duration::from_secs_f64(seq as f64 / rate as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let permit = in_flight.clone().acquire_owned().await.expect("semaphore open");
+        let (producer, payload) = (producer.clone(), body.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = producer.publish(BenchMessage { seq, payload }).await {
+                eprintln!("publish failed: {e}");
+            }
+        });
+    }
+    let notified = sink.done.notified();
+    if sink.handled.load(Ordering::Relaxed) < messages {
+        tokio::time::timeout(Duration::from_secs(60), notified)
+            .await
+            .map_err(|_| courier_core::Error::timeout("messages were not all handled within 60 s"))?;
+    }
+    let elapsed = start.elapsed();
+    consumer.shutdown().await;
+    producer.shutdown().await;
+    let latency = sink.latency.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(Figures::new(scenario, messages, elapsed, Some(&latency)))
+}
+
+/// The baseline: the same rows (queue, id, headers, 256-byte body) inserted `batch` per transaction and then
+/// taken and deleted `batch` per transaction with plain SQLite (WAL, synchronous=FULL), no bus, one thread.
+pub fn raw_sqlite_baseline(
+    path: &std::path::Path,
+    messages: u64,
+    batch: u64,
+    payload_size: usize,
+) -> rusqlite::Result<Figures> {
+    let mut conn = rusqlite::Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS raw_messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL,
+           message_id TEXT NOT NULL, headers TEXT NOT NULL, body BLOB NOT NULL, visible_at INTEGER NOT NULL);
+         CREATE INDEX IF NOT EXISTS raw_by_queue ON raw_messages (queue, visible_at, seq);",
+    )?;
+    let body = payload(payload_size);
+    let headers = r#"{"id":"0190f5a2-7c1e-7d4b-9a1e-2b3c4d5e6f70","source":"bench","specversion":"1.0","type":"courier.bench.message.v1"}"#;
+    let start = Instant::now();
+    let mut inserted = 0;
+    while inserted < messages {
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO raw_messages (queue, message_id, headers, body, visible_at) VALUES ('raw', ?1, ?2, ?3, 0)",
+            )?;
+            for i in inserted..(inserted + batch).min(messages) {
+                stmt.execute((i.to_string(), headers, body.as_bytes()))?;
+            }
+        }
+        tx.commit()?;
+        inserted = (inserted + batch).min(messages);
+    }
+    let mut removed = 0;
+    while removed < messages {
+        let tx = conn.transaction()?;
+        let n = {
+            let mut take = tx.prepare_cached(
+                "SELECT seq, headers, body FROM raw_messages WHERE queue = 'raw' AND visible_at <= 1 ORDER BY visible_at, seq LIMIT ?1",
+            )?;
+            let rows: Vec<i64> = take
+                .query_map([batch as i64], |r| {
+                    let _: String = r.get(1)?;
+                    let _: Vec<u8> = r.get(2)?;
+                    r.get(0)
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut delete = tx.prepare_cached("DELETE FROM raw_messages WHERE seq = ?1")?;
+            for seq in &rows {
+                delete.execute([seq])?;
+            }
+            rows.len() as u64
+        };
+        tx.commit()?;
+        if n == 0 {
+            break;
+        }
+        removed += n;
+    }
+    Ok(Figures::new("raw SQLite insert+delete, 100/commit (baseline)", messages, start.elapsed(), None))
+}
+
+/// Resident memory of this process now (Linux), in bytes.
+pub fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Peak resident memory of this process so far (Linux `VmHWM`), in bytes.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Consumer-side cost alone: `messages` are queued first (through the transport, no consumer running), then a
+/// consumer is started and timed until it has handled them all.
+pub async fn bus_drain(scenario: &str, engine: &Engine, messages: u64, payload_size: usize) -> Result<Figures> {
+    let queue = format!("bench-drain-{}", uuid_suffix());
+    let body = payload(payload_size);
+    let template = courier_core::Envelope::for_message("bench", &BenchMessage { seq: 0, payload: body })?;
+    for seq in 0..messages {
+        let mut envelope = template.clone();
+        envelope.id = format!("{seq:016x}-{}", template.id);
+        engine.transport.send(&queue, envelope.into_raw(), None).await?;
+    }
+    let handled = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(Notify::new());
+    let (h, d) = (handled.clone(), done.clone());
+    let start = Instant::now();
+    let bus = Bus::builder(queue.clone())
+        .engine_instance(engine.clone())
+        .prefetch(1024)
+        .concurrency(64)
+        .retry(Retry::none())
+        .consume(move |_m: BenchMessage, _ctx: Context| {
+            let (h, d) = (h.clone(), d.clone());
+            async move {
+                if h.fetch_add(1, Ordering::Relaxed) + 1 == messages {
+                    d.notify_one();
+                }
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await?;
+    let notified = done.notified();
+    if handled.load(Ordering::Relaxed) < messages {
+        notified.await;
+    }
+    let elapsed = start.elapsed();
+    bus.shutdown().await;
+    Ok(Figures::new(scenario, messages, elapsed, None))
+}

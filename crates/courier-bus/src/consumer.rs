@@ -1,0 +1,277 @@
+//! The consumer runtime: takes deliveries from a queue, runs the middleware stack and handler under the prefetch
+//! and concurrency limits, and settles each delivery (ack, delayed redelivery or dead-letter).
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+use courier_core::{Delivery, Envelope, Subscription, dead_letter_attr as dl, failure_fingerprint};
+use futures::FutureExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::handler::Registered;
+use crate::observer::{Consumed, Outcome};
+use crate::retry::RetryDecision;
+use crate::{Bus, Context, HandlerError, Middleware, Next, Retry};
+
+/// One queue's consumer configuration, fixed at start.
+pub(crate) struct Endpoint {
+    pub(crate) queue: Arc<str>,
+    pub(crate) handlers: HashMap<String, Registered>,
+    pub(crate) middleware: Vec<Arc<dyn Middleware>>,
+    pub(crate) retry: Retry,
+    pub(crate) prefetch: usize,
+    pub(crate) concurrency: usize,
+    pub(crate) shutdown_timeout: Duration,
+}
+
+/// A gate consumers check before taking messages: while closed, they take nothing (messages wait in the queue).
+#[async_trait::async_trait]
+pub trait ConsumerGate: Send + Sync + std::fmt::Debug + 'static {
+    /// Returns when consumers may take messages.
+    async fn wait_open(&self);
+}
+
+/// Runs one endpoint until `shutdown`, then drains in-flight work within the endpoint's shutdown timeout.
+pub(crate) async fn run_endpoint(
+    bus: Bus,
+    endpoint: Arc<Endpoint>,
+    mut subscription: Box<dyn Subscription>,
+    gates: Vec<Arc<dyn ConsumerGate>>,
+    shutdown: CancellationToken,
+) {
+    let prefetch = Arc::new(Semaphore::new(endpoint.prefetch.max(1)));
+    let running = Arc::new(Semaphore::new(endpoint.concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    let mut failures = 0u32;
+    'taking: loop {
+        for gate in &gates {
+            tokio::select! {
+                _ = shutdown.cancelled() => break 'taking,
+                _ = gate.wait_open() => {}
+            }
+        }
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = prefetch.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+        };
+        let want = 1 + prefetch.available_permits();
+        let batch = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            batch = subscription.next_batch(want) => batch,
+        };
+        while tasks.try_join_next().is_some() {}
+        let batch = match batch {
+            Ok(batch) => {
+                failures = 0;
+                batch
+            }
+            Err(e) => {
+                failures += 1;
+                let wait = Duration::from_millis(100u64.saturating_mul(1 << failures.min(6)));
+                tracing::warn!(queue = %endpoint.queue, error = %e, retry_in = ?wait, "cannot take messages");
+                tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(wait) => {} }
+                continue;
+            }
+        };
+        let mut first = Some(first);
+        let mut batch = batch.into_iter();
+        while let Some(delivery) = batch.next() {
+            let held = match first.take() {
+                Some(p) => p,
+                None => match prefetch.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    // The transport returned more than asked: wait for room rather than exceed prefetch.
+                    Err(_) => match prefetch.clone().acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                },
+            };
+            // Handlers start in delivery order: the concurrency permit is taken here, before spawning, so with a
+            // concurrency of 1 messages are handled strictly one after another in queue order.
+            let running = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    release(&bus, &endpoint.queue, delivery).await;
+                    for rest in batch.by_ref() {
+                        release(&bus, &endpoint.queue, rest).await;
+                    }
+                    break 'taking;
+                }
+                permit = running.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break 'taking,
+                },
+            };
+            let (bus, endpoint) = (bus.clone(), endpoint.clone());
+            tasks.spawn(async move {
+                let _held = held;
+                process(&bus, &endpoint, delivery, running).await;
+            });
+        }
+    }
+    drop(subscription);
+    let drained =
+        tokio::time::timeout(endpoint.shutdown_timeout, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            queue = %endpoint.queue,
+            remaining = tasks.len(),
+            "in-flight handlers did not finish within the shutdown timeout; releasing their messages for redelivery"
+        );
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn release(bus: &Bus, queue: &str, delivery: Delivery) {
+    let attempt = delivery.delivery_count();
+    if let Err(e) = delivery.release().await {
+        tracing::warn!(queue, error = %e, "could not release a message at shutdown; it will be redelivered");
+    }
+    bus.observe(|| Consumed { queue: queue.to_owned(), attempt, envelope: None, outcome: Outcome::Released });
+}
+
+/// Handles one delivery end to end. Never panics on any input: a bad message is dead-lettered with its reason.
+/// `running` is the concurrency permit: released as soon as the handler returns, so settling (an engine round
+/// trip) does not hold back the next handler; the prefetch permit still bounds unsettled messages.
+async fn process(bus: &Bus, endpoint: &Endpoint, mut delivery: Delivery, running: OwnedSemaphorePermit) {
+    let attempt = delivery.delivery_count();
+    let queue: &str = &endpoint.queue;
+    let envelope = match Envelope::from_raw(delivery.take_message()) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            let failure = Failure { reason: "undecodable", kind: "envelope", handler: "-", error: e.to_string() };
+            return Box::pin(dead_letter(bus, queue, delivery, None, failure)).await;
+        }
+    };
+    if envelope.expires_at.is_some_and(|at| at < Utc::now()) {
+        let failure = Failure { reason: "expired", kind: "expired", handler: "-", error: "message expired".into() };
+        return Box::pin(dead_letter(bus, queue, delivery, Some(envelope), failure)).await;
+    }
+    let Some(registered) = endpoint.handlers.get(&envelope.message_type).cloned() else {
+        let error = format!(
+            "no handler for message type '{}' on queue '{queue}'; register one with .consume(...) or stop sending it here",
+            envelope.message_type
+        );
+        let failure = Failure { reason: "no-handler", kind: "no-handler", handler: "-", error };
+        return Box::pin(dead_letter(bus, queue, delivery, Some(envelope), failure)).await;
+    };
+    let ctx = Context::new(envelope, endpoint.queue.clone(), attempt, bus.clone(), registered.metrics.clone());
+    let run = Next::new(&endpoint.middleware, &*registered.handler).run(&ctx);
+    let result = match AssertUnwindSafe(run).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => Err(HandlerError::transient(panic_message(panic))),
+    };
+    drop(running);
+    let envelope = ctx.into_envelope();
+    match result {
+        Ok(()) => {
+            if let Err(e) = delivery.ack().await {
+                tracing::warn!(queue, error = %e, "ack failed; the message will be redelivered and must be deduplicated");
+            }
+            bus.observe(|| Consumed {
+                queue: queue.to_owned(),
+                attempt,
+                envelope: Some(envelope),
+                outcome: Outcome::Handled,
+            });
+        }
+        Err(error) => match endpoint.retry.decide(attempt, &error) {
+            RetryDecision::Redeliver(delay) => {
+                let now = now_rfc3339();
+                let first = envelope.extensions.get(dl::FIRST_FAILURE).cloned().unwrap_or_else(|| now.clone());
+                let annotations = vec![
+                    (dl::FIRST_FAILURE.to_owned(), first),
+                    (dl::LAST_FAILURE.to_owned(), now),
+                    (dl::LAST_ERROR.to_owned(), truncate(&error.to_string())),
+                ];
+                metrics::counter!("courier_redelivered_total", "queue" => queue.to_owned()).increment(1);
+                if let Err(e) = delivery.retry(delay, annotations).await {
+                    tracing::warn!(queue, error = %e, "could not schedule the redelivery; the engine will redeliver");
+                }
+                let outcome = Outcome::Redelivered { delay, error: error.to_string() };
+                bus.observe(|| Consumed { queue: queue.to_owned(), attempt, envelope: Some(envelope), outcome });
+            }
+            RetryDecision::DeadLetter => {
+                let reason =
+                    if error.kind() == crate::FailureKind::Undecodable { "undecodable" } else { "handler-failed" };
+                let failure = Failure {
+                    reason,
+                    kind: error.kind().as_str(),
+                    handler: &registered.name,
+                    error: error.to_string(),
+                };
+                Box::pin(dead_letter(bus, queue, delivery, Some(envelope), failure)).await;
+            }
+        },
+    }
+}
+
+struct Failure<'a> {
+    reason: &'static str,
+    kind: &'a str,
+    handler: &'a str,
+    error: String,
+}
+
+/// Dead-letters a delivery. Callers box this rare path so it does not bloat every handling task.
+async fn dead_letter(bus: &Bus, queue: &str, delivery: Delivery, envelope: Option<Envelope>, failure: Failure<'_>) {
+    let attempt = delivery.delivery_count();
+    let now = now_rfc3339();
+    let first =
+        envelope.as_ref().and_then(|e| e.extensions.get(dl::FIRST_FAILURE).cloned()).unwrap_or_else(|| now.clone());
+    let error = truncate(&failure.error);
+    let annotations = vec![
+        (dl::REASON.to_owned(), failure.reason.to_owned()),
+        (dl::ERROR.to_owned(), error.clone()),
+        (dl::ERROR_KIND.to_owned(), failure.kind.to_owned()),
+        (dl::HANDLER.to_owned(), failure.handler.to_owned()),
+        (dl::ATTEMPTS.to_owned(), attempt.to_string()),
+        (dl::QUEUE.to_owned(), queue.to_owned()),
+        (dl::FINGERPRINT.to_owned(), failure_fingerprint(failure.kind, failure.handler, &failure.error)),
+        (dl::FIRST_FAILURE.to_owned(), first),
+        (dl::LAST_FAILURE.to_owned(), now),
+    ];
+    tracing::warn!(queue, reason = failure.reason, error = %error, attempt, "message dead-lettered");
+    metrics::counter!("courier_dead_lettered_total", "queue" => queue.to_owned(), "reason" => failure.reason)
+        .increment(1);
+    if let Err(e) = delivery.dead_letter(annotations).await {
+        tracing::error!(queue, error = %e, "could not dead-letter the message; the engine will redeliver it");
+    }
+    if let Some(envelope) = &envelope {
+        bus.fault_reply(envelope, &error).await;
+    }
+    let outcome = Outcome::DeadLettered { reason: failure.reason.to_owned(), error };
+    bus.observe(|| Consumed { queue: queue.to_owned(), attempt, envelope, outcome });
+}
+
+fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn truncate(s: &str) -> String {
+    const MAX: usize = 2000;
+    if s.len() <= MAX {
+        return s.to_owned();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".to_owned());
+    format!("handler panicked: {text}")
+}

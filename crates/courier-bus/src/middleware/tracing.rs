@@ -1,0 +1,36 @@
+//! A tracing span per message, joined to the sender's trace through W3C trace context.
+
+use tracing::Instrument;
+
+use crate::{BoxFuture, Context, HandlerError, Middleware, Next};
+
+/// Wraps each handling in an `info` span `courier.consume` with the message id, type, queue, attempt and the full
+/// 32-character W3C trace id and span id, so logs of one business flow can be joined across services. Messages the
+/// handler publishes carry the trace forward (see [`Context::publish`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tracing;
+
+impl Middleware for Tracing {
+    fn handle<'a>(&'a self, ctx: &'a Context, next: Next<'a>) -> BoxFuture<'a, Result<(), HandlerError>> {
+        let trace = ctx.trace();
+        let span = tracing::info_span!(
+            "courier.consume",
+            message.id = %ctx.message_id(),
+            message.type = %ctx.message_type(),
+            queue = %ctx.queue(),
+            attempt = ctx.attempt(),
+            trace_id = %trace.trace_id_hex(),
+            span_id = %format_args!("{:016x}", trace.span_id),
+        );
+        Box::pin(
+            async move {
+                let result = next.run(ctx).await;
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, kind = e.kind().as_str(), "handler failed");
+                }
+                result
+            }
+            .instrument(span),
+        )
+    }
+}

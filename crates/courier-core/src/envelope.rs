@@ -1,0 +1,295 @@
+//! The CloudEvents 1.0 envelope, in binary content mode: attributes travel as headers, the body as the payload.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::{Codec, Error, Message, Result};
+
+/// CloudEvents attribute names, as header keys on every transport.
+pub mod attr {
+    /// The CloudEvents spec version; always `1.0`.
+    pub const SPECVERSION: &str = "specversion";
+    /// The message id (a UUIDv7 for messages Courier creates).
+    pub const ID: &str = "id";
+    /// The service that produced the message.
+    pub const SOURCE: &str = "source";
+    /// The message name with version, e.g. `shop.order.placed.v1`.
+    pub const TYPE: &str = "type";
+    /// When the message was produced (RFC 3339).
+    pub const TIME: &str = "time";
+    /// The body's MIME type.
+    pub const DATACONTENTTYPE: &str = "datacontenttype";
+    /// Extension: the id that ties a conversation together.
+    pub const CORRELATIONID: &str = "correlationid";
+    /// Extension: the id of the message that caused this one.
+    pub const CAUSATIONID: &str = "causationid";
+    /// Extension: W3C trace context.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// Extension: W3C trace state.
+    pub const TRACESTATE: &str = "tracestate";
+    /// Extension: messages with one key are ordered where the engine allows it.
+    pub const PARTITIONKEY: &str = "partitionkey";
+    /// Extension: the queue a reply goes to.
+    pub const REPLYTO: &str = "replyto";
+    /// Extension: after this time (RFC 3339) the message is dropped to the dead-letter queue unhandled.
+    pub const EXPIRESAT: &str = "expiresat";
+    /// Extension: the delivery attempt, starting at 1.
+    pub const ATTEMPT: &str = "attempt";
+}
+
+/// Header keys written on a message when it fails, and when it is dead-lettered.
+pub mod dead_letter_attr {
+    /// Why the message was dead-lettered: `handler-failed`, `undecodable`, `no-handler`, `expired`.
+    pub const REASON: &str = "deadletterreason";
+    /// The last error's text.
+    pub const ERROR: &str = "deadlettererror";
+    /// The error kind (`transient`, `permanent`, `codec`, ...).
+    pub const ERROR_KIND: &str = "deadlettererrorkind";
+    /// Which handler failed.
+    pub const HANDLER: &str = "deadletterhandler";
+    /// How many delivery attempts were made.
+    pub const ATTEMPTS: &str = "deadletterattempts";
+    /// The queue the message came from (where a replay sends it back).
+    pub const QUEUE: &str = "deadletterqueue";
+    /// The failure fingerprint: error kind + handler + normalised message, to group failures.
+    pub const FINGERPRINT: &str = "deadletterfingerprint";
+    /// The first failure time (RFC 3339), carried across redeliveries.
+    pub const FIRST_FAILURE: &str = "firstfailuretime";
+    /// The latest failure time (RFC 3339).
+    pub const LAST_FAILURE: &str = "lastfailuretime";
+    /// The latest failure's error text, carried across redeliveries.
+    pub const LAST_ERROR: &str = "lasterror";
+}
+
+/// A message as a transport carries it: string headers and an opaque body.
+///
+/// Transports store and move this; the bus turns it into an [`Envelope`] and a typed message. Nothing in it is
+/// trusted: [`Envelope::from_raw`] validates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawMessage {
+    /// Header name to value (CloudEvents attributes and extensions, lower case).
+    pub headers: BTreeMap<String, String>,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl RawMessage {
+    /// The message id header, if present.
+    pub fn id(&self) -> Option<&str> {
+        self.header(attr::ID)
+    }
+
+    /// The message type header, if present.
+    pub fn message_type(&self) -> Option<&str> {
+        self.header(attr::TYPE)
+    }
+
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+/// A CloudEvents 1.0 event with Courier's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Unique message id (UUIDv7 when Courier creates it).
+    pub id: String,
+    /// The producing service.
+    pub source: String,
+    /// The message name with version.
+    pub message_type: String,
+    /// When the message was produced.
+    pub time: DateTime<Utc>,
+    /// The body's MIME type.
+    pub content_type: String,
+    /// Ties a conversation together.
+    pub correlation_id: Option<String>,
+    /// The id of the message that caused this one.
+    pub causation_id: Option<String>,
+    /// W3C `traceparent`.
+    pub traceparent: Option<String>,
+    /// W3C `tracestate`.
+    pub tracestate: Option<String>,
+    /// Ordering key.
+    pub partition_key: Option<String>,
+    /// Where a reply goes.
+    pub reply_to: Option<String>,
+    /// After this time the message is not handled.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Any other headers (user extensions, failure annotations).
+    pub extensions: BTreeMap<String, String>,
+    /// The encoded body.
+    pub data: Bytes,
+}
+
+impl Envelope {
+    /// Builds an envelope for a typed message, with a fresh UUIDv7 id and the current time.
+    pub fn for_message<M: Message>(source: &str, message: &M) -> Result<Self> {
+        Ok(Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            source: source.to_owned(),
+            message_type: M::NAME.to_owned(),
+            time: Utc::now(),
+            content_type: <M::Codec as Codec>::CONTENT_TYPE.to_owned(),
+            correlation_id: None,
+            causation_id: None,
+            traceparent: None,
+            tracestate: None,
+            partition_key: message.partition_key(),
+            reply_to: None,
+            expires_at: None,
+            extensions: BTreeMap::new(),
+            data: <M::Codec as Codec>::encode(message)?,
+        })
+    }
+
+    /// Decodes the body as `M`, checking that the type and content type match.
+    pub fn decode<M: Message>(&self) -> Result<M> {
+        if self.message_type != M::NAME {
+            return Err(Error::codec(format!(
+                "message type is '{}' but the handler expects '{}'",
+                self.message_type,
+                M::NAME
+            )));
+        }
+        let expected = <M::Codec as Codec>::CONTENT_TYPE;
+        if !content_type_matches(&self.content_type, expected) {
+            return Err(Error::codec(format!(
+                "content type is '{}' but '{}' expects '{expected}'",
+                self.content_type,
+                M::NAME
+            )));
+        }
+        <M::Codec as Codec>::decode(&self.data)
+    }
+
+    /// Maps the envelope to transport headers and body (binary content mode).
+    pub fn into_raw(self) -> RawMessage {
+        let mut headers = self.extensions;
+        let mut put = |k: &str, v: String| {
+            headers.insert(k.to_owned(), v);
+        };
+        put(attr::SPECVERSION, "1.0".to_owned());
+        put(attr::ID, self.id);
+        put(attr::SOURCE, self.source);
+        put(attr::TYPE, self.message_type);
+        put(attr::TIME, self.time.to_rfc3339_opts(SecondsFormat::Micros, true));
+        put(attr::DATACONTENTTYPE, self.content_type);
+        let optional = [
+            (attr::CORRELATIONID, self.correlation_id),
+            (attr::CAUSATIONID, self.causation_id),
+            (attr::TRACEPARENT, self.traceparent),
+            (attr::TRACESTATE, self.tracestate),
+            (attr::PARTITIONKEY, self.partition_key),
+            (attr::REPLYTO, self.reply_to),
+            (attr::EXPIRESAT, self.expires_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))),
+        ];
+        for (k, v) in optional {
+            if let Some(v) = v {
+                put(k, v);
+            }
+        }
+        RawMessage { headers, body: self.data }
+    }
+
+    /// Validates transport headers as a CloudEvents 1.0 envelope. Never panics; a missing or malformed required
+    /// attribute is an [`ErrorKind::Envelope`](crate::ErrorKind::Envelope) error naming it.
+    pub fn from_raw(raw: RawMessage) -> Result<Self> {
+        let RawMessage { mut headers, body } = raw;
+        match headers.remove(attr::SPECVERSION).as_deref() {
+            Some("1.0") => {}
+            Some(other) => return Err(Error::envelope(format!("unsupported CloudEvents specversion '{other}'"))),
+            None => return Err(Error::envelope("missing CloudEvents attribute 'specversion'")),
+        }
+        let mut required = |name: &str| -> Result<String> {
+            match headers.remove(name) {
+                Some(v) if !v.trim().is_empty() => Ok(v),
+                _ => Err(Error::envelope(format!("missing CloudEvents attribute '{name}'"))),
+            }
+        };
+        let id = required(attr::ID)?;
+        let source = required(attr::SOURCE)?;
+        let message_type = required(attr::TYPE)?;
+        let time = match headers.remove(attr::TIME) {
+            Some(t) => parse_time(attr::TIME, &t)?,
+            None => Utc::now(),
+        };
+        let expires_at = headers.remove(attr::EXPIRESAT).map(|t| parse_time(attr::EXPIRESAT, &t)).transpose()?;
+        Ok(Self {
+            id,
+            source,
+            message_type,
+            time,
+            content_type: headers.remove(attr::DATACONTENTTYPE).unwrap_or_else(|| "application/json".to_owned()),
+            correlation_id: headers.remove(attr::CORRELATIONID),
+            causation_id: headers.remove(attr::CAUSATIONID),
+            traceparent: headers.remove(attr::TRACEPARENT),
+            tracestate: headers.remove(attr::TRACESTATE),
+            partition_key: headers.remove(attr::PARTITIONKEY),
+            reply_to: headers.remove(attr::REPLYTO),
+            expires_at,
+            extensions: headers,
+            data: body,
+        })
+    }
+}
+
+fn parse_time(name: &str, value: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| Error::envelope(format!("attribute '{name}' is not an RFC 3339 time ('{value}'): {e}")))
+}
+
+fn content_type_matches(actual: &str, expected: &str) -> bool {
+    let base = actual.split(';').next().unwrap_or("").trim();
+    base.eq_ignore_ascii_case(expected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Json;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Ping {
+        n: u32,
+    }
+    impl Message for Ping {
+        const NAME: &'static str = "test.ping.v1";
+        type Codec = Json;
+    }
+
+    #[test]
+    fn round_trips_through_headers() {
+        let mut env = Envelope::for_message("svc", &Ping { n: 7 }).unwrap();
+        env.correlation_id = Some("c-1".into());
+        env.extensions.insert("tenant".into(), "acme".into());
+        let raw = env.clone().into_raw();
+        assert_eq!(raw.header("specversion"), Some("1.0"));
+        assert_eq!(raw.header("type"), Some("test.ping.v1"));
+        let back = Envelope::from_raw(raw).unwrap();
+        assert_eq!(back.id, env.id);
+        assert_eq!(back.correlation_id.as_deref(), Some("c-1"));
+        assert_eq!(back.extensions.get("tenant").map(String::as_str), Some("acme"));
+        assert_eq!(back.decode::<Ping>().unwrap(), Ping { n: 7 });
+    }
+
+    #[test]
+    fn rejects_bad_input_without_panicking() {
+        let raw = RawMessage { headers: BTreeMap::new(), body: Bytes::from_static(b"\xff") };
+        let err = Envelope::from_raw(raw).unwrap_err();
+        assert!(err.to_string().contains("specversion"));
+
+        let mut env = Envelope::for_message("svc", &Ping { n: 1 }).unwrap().into_raw();
+        env.headers.insert("time".into(), "yesterday".into());
+        assert!(Envelope::from_raw(env).unwrap_err().to_string().contains("RFC 3339"));
+
+        let mut env = Envelope::for_message("svc", &Ping { n: 1 }).unwrap();
+        env.data = Bytes::from_static(b"{not json");
+        assert!(env.decode::<Ping>().unwrap_err().is_permanent());
+    }
+}

@@ -1,0 +1,167 @@
+//! Publish-to-handle through Courier on NATS JetStream, next to a raw `async-nats` client doing the same work
+//! (acknowledged JetStream publish, pull consume, explicit ack) in the same run.
+//!
+//! Run: `cargo bench -p courier-nats --bench throughput` (needs nats-server with `-js` on 127.0.0.1:4222 or
+//! `COURIER_TEST_NATS_URL`; about a minute). `COURIER_BENCH_MESSAGES` sets the throughput run's size (100,000).
+//! Prints a Markdown table and the Courier/raw ratios. Works in a namespace of its own, deleted at the end.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use courier_bench::{Figures, bus_latency_at_rate, bus_throughput, payload};
+use courier_nats::{NatsOptions, NatsTransport, async_nats};
+use courier_testkit::services::NATS;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use tokio::sync::Semaphore;
+
+const PAYLOAD: usize = 256;
+const IN_FLIGHT: usize = 256;
+const RATE: u64 = 5_000;
+const RATE_SECONDS: f64 = 4.0;
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The raw baseline: `messages` 256-byte messages published with `in_flight` acknowledged publishes outstanding
+/// (or at `rate` per second), consumed from a durable pull consumer with explicit acks; publish-to-handle latency
+/// from a timestamp in the body.
+async fn raw(
+    scenario: &str,
+    client: async_nats::Client,
+    stream_name: &str,
+    messages: u64,
+    rate: Option<u64>,
+) -> Figures {
+    let js = jetstream::new(client);
+    let subject = format!("{stream_name}.raw");
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: stream_name.to_owned(),
+            subjects: vec![format!("{stream_name}.>")],
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .expect("raw stream");
+    let consumer: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("raw".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending: 20_000,
+            ..Default::default()
+        })
+        .await
+        .expect("raw consumer");
+    let handled = Arc::new(AtomicU64::new(0));
+    let latency = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap()));
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let consuming = {
+        let (handled, latency) = (handled.clone(), latency.clone());
+        let mut messages_stream = consumer.stream().max_messages_per_batch(1024).messages().await.expect("messages");
+        tokio::spawn(async move {
+            let mut done_tx = Some(done_tx);
+            while let Some(Ok(m)) = messages_stream.next().await {
+                let sent: u64 =
+                    std::str::from_utf8(&m.payload[..20]).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+                let _ = latency.lock().unwrap().record((now_micros().saturating_sub(sent)).clamp(1, 600_000_000));
+                let _ = m.ack().await;
+                if handled.fetch_add(1, Ordering::Relaxed) + 1 == messages
+                    && let Some(tx) = done_tx.take()
+                {
+                    let _ = tx.send(());
+                }
+            }
+        })
+    };
+    let filler = payload(PAYLOAD - 20);
+    let in_flight = Arc::new(Semaphore::new(if rate.is_some() { 1024 } else { IN_FLIGHT }));
+    let start = Instant::now();
+    for seq in 0..messages {
+        if let Some(rate) = rate {
+            tokio::time::sleep_until((start + Duration::from_secs_f64(seq as f64 / rate as f64)).into()).await;
+        }
+        let permit = in_flight.clone().acquire_owned().await.unwrap();
+        let body = format!("{:>20}{filler}", now_micros());
+        let ack = js.publish(subject.clone(), body.into()).await.expect("publish");
+        tokio::spawn(async move {
+            let _permit = permit;
+            ack.await.expect("pub ack");
+        });
+    }
+    tokio::time::timeout(Duration::from_secs(120), done_rx).await.expect("raw run finished").ok();
+    let elapsed = start.elapsed();
+    consuming.abort();
+    let _ = js.delete_stream(stream_name).await;
+    let h = latency.lock().unwrap().clone();
+    Figures {
+        scenario: scenario.to_owned(),
+        messages,
+        seconds: elapsed.as_secs_f64(),
+        per_second: messages as f64 / elapsed.as_secs_f64(),
+        p50_us: Some(h.value_at_quantile(0.5)),
+        p99_us: Some(h.value_at_quantile(0.99)),
+        max_us: Some(h.max()),
+    }
+}
+
+fn main() {
+    if !NATS.require() {
+        return;
+    }
+    let messages: u64 = std::env::var("COURIER_BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+        let namespace = format!("courier_bench_{id}");
+        let (servers, options) = NatsOptions::from_url(&NATS.url()).expect("NATS URL");
+        let transport =
+            NatsTransport::connect(&servers, options.namespace(namespace.clone())).await.expect("connect to NATS");
+        let engine = transport.clone().into_engine();
+        let client = transport.client().clone();
+
+        let mut rows = Vec::new();
+        // Warm-up, not reported.
+        let _ = raw("warm-up", client.clone(), &format!("courier_bench_raw_w{id}"), 10_000, None).await;
+        let _ = bus_throughput("warm-up", &engine, 10_000, IN_FLIGHT, PAYLOAD, |_| {}).await;
+
+        let raw_tp =
+            raw("raw async-nats, 256 in flight", client.clone(), &format!("courier_bench_raw_{id}"), messages, None)
+                .await;
+        let courier_tp =
+            bus_throughput("Courier on NATS, 256 in flight", &engine, messages, IN_FLIGHT, PAYLOAD, |_| {})
+                .await
+                .expect("Courier throughput run");
+        let rate_messages = (RATE as f64 * RATE_SECONDS) as u64;
+        let raw_rate = raw(
+            &format!("raw async-nats at {RATE} msg/s"),
+            client.clone(),
+            &format!("courier_bench_rawr_{id}"),
+            rate_messages,
+            Some(RATE),
+        )
+        .await;
+        let courier_rate =
+            bus_latency_at_rate(&format!("Courier on NATS at {RATE} msg/s"), &engine, RATE, RATE_SECONDS, PAYLOAD)
+                .await
+                .expect("Courier latency run");
+        rows.extend([raw_tp.clone(), courier_tp.clone(), raw_rate.clone(), courier_rate.clone()]);
+
+        println!("\n{}", Figures::header());
+        for row in &rows {
+            println!("{}", row.row());
+        }
+        println!(
+            "\nCourier / raw throughput: {:.1}%  (target >= 90%)",
+            100.0 * courier_tp.per_second / raw_tp.per_second
+        );
+        let ms = |us: Option<u64>| us.unwrap_or(0) as f64 / 1000.0;
+        println!("p99 at {RATE} msg/s: Courier {:.2} ms, raw {:.2} ms", ms(courier_rate.p99_us), ms(raw_rate.p99_us));
+        if let Err(e) = transport.delete_namespace().await {
+            eprintln!("could not delete the bench namespace '{namespace}': {e}");
+        }
+    });
+}

@@ -1,0 +1,234 @@
+//! PostgreSQL publish-to-handle throughput and latency through Courier, next to a raw sqlx client doing the same
+//! work in the same run.
+//!
+//! Run: `cargo bench -p courier-postgres --bench throughput` (PostgreSQL from `COURIER_TEST_POSTGRES_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test`; about a minute). `COURIER_BENCH_MESSAGES=N` changes the size of the
+//! throughput runs (default 100,000). Prints a Markdown table; everything runs in a schema of its own, dropped at
+//! the end.
+//!
+//! - Courier: [`bus_throughput`] (256-byte messages, 256 publishes in flight, one consumer bus with prefetch
+//!   1,024 and concurrency 64) and [`bus_latency_at_rate`] at 5,000 msg/s.
+//! - Raw sqlx: the same rows (queue, id, JSON headers, 256-byte body, visible_at) inserted by 4 tasks 100 rows per
+//!   statement, while 4 tasks take and delete them 100 at a time with `DELETE ... FOR UPDATE SKIP LOCKED`
+//!   (polling every millisecond when empty); at 5,000 msg/s, one insert per message.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use courier_bench::{Figures, bus_latency_at_rate, bus_throughput, payload};
+use courier_postgres::sqlx::{self, AssertSqlSafe, PgPool, Row};
+use courier_postgres::{PostgresOptions, PostgresTransport};
+use courier_testkit::services::POSTGRES;
+use hdrhistogram::Histogram;
+use tokio::sync::Semaphore;
+
+const PAYLOAD: usize = 256;
+const BATCH: i64 = 100;
+const RAW_TASKS: usize = 4;
+const HEADERS: &str = r#"{"datacontenttype":"application/json","id":"0190f5a2-7c1e-7d4b-9a1e-2b3c4d5e6f70","source":"bench","specversion":"1.0","time":"2026-11-23T21:00:00.000000Z","type":"courier.bench.message.v1"}"#;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
+}
+
+fn q(sql: String) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(AssertSqlSafe(sql))
+}
+
+async fn raw_setup(pool: &PgPool, schema: &str) {
+    let ddl = format!(
+        "CREATE TABLE IF NOT EXISTS \"{schema}\".raw_messages (seq bigserial PRIMARY KEY, queue text NOT NULL,
+           message_id text NOT NULL, headers text NOT NULL, body bytea NOT NULL, visible_at bigint NOT NULL,
+           enqueued_us bigint NOT NULL);
+         CREATE INDEX IF NOT EXISTS raw_by_queue ON \"{schema}\".raw_messages (queue, visible_at, seq);
+         TRUNCATE \"{schema}\".raw_messages;"
+    );
+    sqlx::raw_sql(AssertSqlSafe(ddl)).execute(pool).await.expect("raw table");
+}
+
+/// Takes and deletes up to 100 rows; records each row's insert-to-take latency. Returns how many.
+async fn raw_take(pool: &PgPool, schema: &str, latency: &std::sync::Mutex<Histogram<u64>>) -> u64 {
+    let rows = q(format!(
+        "DELETE FROM \"{schema}\".raw_messages WHERE seq = ANY(ARRAY(
+             SELECT seq FROM \"{schema}\".raw_messages WHERE queue = 'raw' AND visible_at <= $1
+             ORDER BY visible_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED))
+         RETURNING headers, body, enqueued_us"
+    ))
+    .bind(i64::MAX / 2)
+    .bind(BATCH)
+    .fetch_all(pool)
+    .await
+    .expect("raw take");
+    let now = now_us();
+    let mut h = latency.lock().unwrap();
+    for row in &rows {
+        let _: &str = row.get(0);
+        let _: &[u8] = row.get(1);
+        let at: i64 = row.get(2);
+        let _ = h.record(((now - at).max(1) as u64).min(600_000_000));
+    }
+    rows.len() as u64
+}
+
+fn raw_insert(
+    schema: &str,
+    n: usize,
+    body: &[u8],
+) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let ids: Vec<String> = (0..n).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    q(format!(
+        "INSERT INTO \"{schema}\".raw_messages (queue, message_id, headers, body, visible_at, enqueued_us)
+         SELECT 'raw', id, $2, $3, 0, $4 FROM unnest($1::text[]) AS id"
+    ))
+    .bind(ids)
+    .bind(HEADERS)
+    .bind(body.to_vec())
+    .bind(now_us())
+}
+
+/// The raw baseline at full speed: `messages` rows inserted 100 per statement by 4 tasks while 4 tasks take and
+/// delete them 100 at a time.
+async fn raw_throughput(pool: &PgPool, schema: &str, messages: u64) -> Figures {
+    raw_setup(pool, schema).await;
+    let body = payload(PAYLOAD).into_bytes();
+    let latency = Arc::new(std::sync::Mutex::new(histogram()));
+    let (next, taken) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..RAW_TASKS {
+        let (pool, schema, body, next) = (pool.clone(), schema.to_owned(), body.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let from = next.fetch_add(BATCH as u64, Ordering::Relaxed);
+                if from >= messages {
+                    return;
+                }
+                let n = (messages - from).min(BATCH as u64) as usize;
+                raw_insert(&schema, n, &body).execute(&pool).await.expect("raw insert");
+            }
+        }));
+    }
+    for _ in 0..RAW_TASKS {
+        let (pool, schema, latency, taken) = (pool.clone(), schema.to_owned(), latency.clone(), taken.clone());
+        tasks.push(tokio::spawn(async move {
+            while taken.load(Ordering::Relaxed) < messages {
+                let n = raw_take(&pool, &schema, &latency).await;
+                taken.fetch_add(n, Ordering::Relaxed);
+                if n == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("raw task");
+    }
+    let latency = latency.lock().unwrap().clone();
+    figures("raw sqlx (insert x100, SKIP LOCKED take+delete x100)", messages, start.elapsed(), &latency)
+}
+
+/// The raw baseline at a fixed rate: one insert per message on schedule (up to 1,024 in flight), taken as above.
+async fn raw_at_rate(pool: &PgPool, schema: &str, rate: u64, seconds: f64) -> Figures {
+    raw_setup(pool, schema).await;
+    let messages = (rate as f64 * seconds) as u64;
+    let body = payload(PAYLOAD).into_bytes();
+    let latency = Arc::new(std::sync::Mutex::new(histogram()));
+    let taken = Arc::new(AtomicU64::new(0));
+    let mut consumers = Vec::new();
+    for _ in 0..RAW_TASKS {
+        let (pool, schema, latency, taken) = (pool.clone(), schema.to_owned(), latency.clone(), taken.clone());
+        consumers.push(tokio::spawn(async move {
+            while taken.load(Ordering::Relaxed) < messages {
+                let n = raw_take(&pool, &schema, &latency).await;
+                taken.fetch_add(n, Ordering::Relaxed);
+                if n == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }));
+    }
+    let in_flight = Arc::new(Semaphore::new(1024));
+    let start = Instant::now();
+    for seq in 0..messages {
+        tokio::time::sleep_until((start + Duration::from_secs_f64(seq as f64 / rate as f64)).into()).await;
+        let permit = in_flight.clone().acquire_owned().await.expect("semaphore");
+        let (pool, schema, body) = (pool.clone(), schema.to_owned(), body.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            raw_insert(&schema, 1, &body).execute(&pool).await.expect("raw insert");
+        });
+    }
+    for c in consumers {
+        c.await.expect("raw consumer");
+    }
+    let latency = latency.lock().unwrap().clone();
+    figures(&format!("raw sqlx @ {rate} msg/s (insert x1, take+delete x100)"), messages, start.elapsed(), &latency)
+}
+
+fn figures(scenario: &str, messages: u64, elapsed: Duration, latency: &Histogram<u64>) -> Figures {
+    let seconds = elapsed.as_secs_f64();
+    Figures {
+        scenario: scenario.to_owned(),
+        messages,
+        seconds,
+        per_second: messages as f64 / seconds.max(1e-9),
+        p50_us: Some(latency.value_at_quantile(0.50)),
+        p99_us: Some(latency.value_at_quantile(0.99)),
+        max_us: Some(latency.max()),
+    }
+}
+
+fn main() {
+    if !POSTGRES.require() {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let messages = env_u64("COURIER_BENCH_MESSAGES", 100_000);
+        let schema = format!("courier_bench_{}", uuid::Uuid::new_v4().simple());
+        let options = PostgresOptions::default().schema(&schema).application_name("courier_bench");
+        let transport = PostgresTransport::connect(&POSTGRES.url(), options).await.expect("connect");
+        let engine = transport.clone().into_engine();
+        let raw_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(RAW_TASKS as u32 * 2 + 2)
+            .connect(&POSTGRES.url())
+            .await
+            .expect("raw pool");
+
+        // Warm-up: prepared statements, caches, the table's first pages.
+        bus_throughput("warm-up", &engine, 5_000, 256, PAYLOAD, |_| {}).await.expect("warm-up");
+        let _ = raw_throughput(&raw_pool, &schema, 5_000).await;
+
+        let raw = raw_throughput(&raw_pool, &schema, messages).await;
+        let courier = bus_throughput("courier postgres (256 in flight)", &engine, messages, 256, PAYLOAD, |_| {})
+            .await
+            .expect("courier throughput");
+        let raw_rate = raw_at_rate(&raw_pool, &schema, 5_000, 5.0).await;
+        let courier_rate = bus_latency_at_rate("courier postgres @ 5000 msg/s", &engine, 5_000, 5.0, PAYLOAD)
+            .await
+            .expect("courier at rate");
+
+        println!("\n{}", Figures::header());
+        for f in [&raw, &courier, &raw_rate, &courier_rate] {
+            println!("{}", f.row());
+        }
+        println!(
+            "\nthroughput ratio courier / raw sqlx: {:.2} ({:.0} / {:.0} msg/s)",
+            courier.per_second / raw.per_second,
+            courier.per_second,
+            raw.per_second
+        );
+        let ms = |f: &Figures| f.p99_us.unwrap_or(0) as f64 / 1000.0;
+        println!("p99 at 5,000 msg/s: courier {:.2} ms, raw sqlx {:.2} ms", ms(&courier_rate), ms(&raw_rate));
+        transport.drop_schema().await.expect("drop the bench schema");
+    });
+}

@@ -1,0 +1,150 @@
+//! Taking messages: one statement leases up to `max` visible messages (`FOR UPDATE SKIP LOCKED`, so competing
+//! consumers never wait for each other nor take the same message), and a renewer extends the leases of messages
+//! still being handled.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use courier_core::{Delivery, RawMessage, Result, Subscription};
+use sqlx::{PgPool, Row};
+use tokio::sync::mpsc;
+
+use crate::error::{db_error, retry_once};
+use crate::schema::{Sql, query};
+use crate::settle::{Held, PostgresAcker, Settle};
+use crate::wake::Wakers;
+
+/// The most messages one take leases.
+const MAX_TAKE: usize = 1000;
+
+/// A subscription to one queue.
+#[derive(Debug)]
+pub(crate) struct PostgresSubscription {
+    pub(crate) pool: PgPool,
+    pub(crate) sql: Arc<Sql>,
+    pub(crate) settler: mpsc::Sender<Settle>,
+    pub(crate) wakers: Arc<Wakers>,
+    pub(crate) queue: String,
+    pub(crate) visibility: Duration,
+    pub(crate) poll_interval: Duration,
+    pub(crate) recheck_interval: Duration,
+    pub(crate) held: Held,
+    pub(crate) renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PostgresSubscription {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
+
+/// Extends the leases of messages still being handled, so a long handler is not mistaken for a dead one.
+pub(crate) async fn renew_leases(pool: PgPool, sql: Arc<Sql>, held: Held, visibility: Duration) {
+    let mut tick = tokio::time::interval(visibility / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let visibility_ms = visibility.as_millis() as i64;
+    loop {
+        tick.tick().await;
+        let (seqs, leases): (Vec<i64>, Vec<i64>) =
+            held.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(s, l)| (*s, *l)).unzip();
+        if seqs.is_empty() {
+            continue;
+        }
+        let renewed =
+            retry_once(|| query(&sql.renew).bind(&seqs).bind(&leases).bind(visibility_ms).execute(&pool)).await;
+        if let Err(e) = renewed {
+            tracing::warn!(error = %e, "could not extend leases; messages may be redelivered while still handled");
+        }
+    }
+}
+
+fn lease_token() -> i64 {
+    loop {
+        let l = (uuid::Uuid::new_v4().as_u128() as i64) & i64::MAX;
+        if l != 0 {
+            return l;
+        }
+    }
+}
+
+fn decode_headers(text: &str) -> BTreeMap<String, String> {
+    // Headers were written by us; if a row was edited by hand and they do not parse, the message still reaches
+    // the consumer, which dead-letters it as an invalid envelope.
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+impl PostgresSubscription {
+    async fn take(&self, max: usize, lease: i64) -> Result<Vec<Delivery>> {
+        let visibility_ms = self.visibility.as_millis() as i64;
+        let limit = max.clamp(1, MAX_TAKE) as i64;
+        let rows = retry_once(|| {
+            query(&self.sql.take).bind(&self.queue).bind(limit).bind(visibility_ms).bind(lease).fetch_all(&self.pool)
+        })
+        .await
+        .map_err(|e| db_error(&format!("cannot take messages from '{}'", self.queue), e))?;
+        let mut taken = Vec::with_capacity(rows.len());
+        for row in rows {
+            let seq: i64 = row.try_get(0).map_err(|e| db_error("unexpected row", e))?;
+            let headers: &str = row.try_get(1).map_err(|e| db_error("unexpected row", e))?;
+            let body: Vec<u8> = row.try_get(2).map_err(|e| db_error("unexpected row", e))?;
+            let deliveries: i32 = row.try_get(3).map_err(|e| db_error("unexpected row", e))?;
+            taken.push((seq, decode_headers(headers), body, deliveries));
+        }
+        taken.sort_by_key(|t| t.0);
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(taken
+            .into_iter()
+            .map(|(seq, headers, body, deliveries)| {
+                held.insert(seq, lease);
+                let acker = PostgresAcker {
+                    pool: self.pool.clone(),
+                    sql: self.sql.clone(),
+                    settler: self.settler.clone(),
+                    seq,
+                    lease,
+                    held: self.held.clone(),
+                };
+                let message = RawMessage { headers, body: Bytes::from(body) };
+                Delivery::new(&self.queue, message, deliveries.max(1) as u32, Box::new(acker))
+            })
+            .collect())
+    }
+
+    /// How long to wait before looking again when nothing was visible.
+    async fn idle_wait(&self) -> Result<Duration> {
+        let mut wait = if self.wakers.listening() { self.recheck_interval } else { self.poll_interval };
+        let next: Option<i64> = query(&self.sql.next_visible)
+            .bind(&self.queue)
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(|e| db_error(&format!("cannot look into '{}'", self.queue), e))?;
+        if let Some(ms) = next {
+            // A message visible now but not taken is locked by another consumer's take: look again shortly.
+            wait = wait.min(Duration::from_millis(ms.max(2) as u64));
+        }
+        Ok(wait)
+    }
+}
+
+#[async_trait]
+impl Subscription for PostgresSubscription {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Delivery>> {
+        let notify = self.wakers.get(&self.queue);
+        loop {
+            // Registered before looking, so a notification that arrives while we look is not missed.
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let taken = self.take(max, lease_token()).await?;
+            if !taken.is_empty() {
+                return Ok(taken);
+            }
+            let wait = self.idle_wait().await?;
+            let _ = tokio::time::timeout(wait, notified).await;
+        }
+    }
+}

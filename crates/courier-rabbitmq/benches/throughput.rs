@@ -1,0 +1,156 @@
+//! Publish-to-handle throughput and latency on RabbitMQ: Courier next to raw lapin doing the same work in the
+//! same run (256-byte messages, persistent, publisher confirms, manual acks, 256 publishes in flight, prefetch
+//! 1024), then p99 latency at 5,000 msg/s for both.
+//!
+//! Run: `cargo bench -p courier-rabbitmq --bench throughput` (needs the broker at `COURIER_TEST_AMQP_URL`).
+//! `BENCH_MESSAGES` sets the count (default 100,000).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use courier_bench::{Figures, bus_latency_at_rate, bus_throughput};
+use courier_rabbitmq::{RabbitMqOptions, RabbitMqTransport};
+use courier_testkit::services::RABBITMQ;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use tokio::sync::{Notify, Semaphore};
+
+const PAYLOAD: usize = 256;
+const IN_FLIGHT: usize = 256;
+const RATE: u64 = 5_000;
+const RATE_SECONDS: f64 = 5.0;
+
+fn micros_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Raw lapin: one durable queue, a confirm channel publishing persistent messages (the send time in the first 8
+/// bytes), a consumer with prefetch 1024 acking each message. `rate`: offer this many per second instead of
+/// keeping `IN_FLIGHT` publishes in flight.
+async fn raw(url: &str, scenario: &str, messages: u64, rate: Option<u64>) -> Figures {
+    let connection = Connection::connect(url, ConnectionProperties::default()).await.expect("connect");
+    let queue = format!("bench-raw-{}", uuid::Uuid::new_v4().simple());
+    let publisher = connection.create_channel().await.expect("channel");
+    publisher.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    publisher
+        .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default())
+        .await
+        .expect("declare");
+    let consuming = connection.create_channel().await.expect("channel");
+    consuming.basic_qos(1024, BasicQosOptions::default()).await.expect("qos");
+    let mut consumer = consuming
+        .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect("consume");
+    let handled = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(Notify::new());
+    let latency = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap()));
+    let consumer_task = {
+        let (handled, done, latency) = (handled.clone(), done.clone(), latency.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = consumer.next().await {
+                let sent = u64::from_le_bytes(d.data[..8].try_into().unwrap_or([0; 8]));
+                let _ = latency.lock().unwrap().record(micros_now().saturating_sub(sent).clamp(1, 600_000_000));
+                d.ack(BasicAckOptions::default()).await.expect("ack");
+                if handled.fetch_add(1, Ordering::Relaxed) + 1 == messages {
+                    done.notify_one();
+                }
+            }
+        })
+    };
+    let publish = |publisher: lapin::Channel, queue: String| async move {
+        let mut body = vec![b'x'; PAYLOAD];
+        body[..8].copy_from_slice(&micros_now().to_le_bytes());
+        let props = BasicProperties::default().with_delivery_mode(2);
+        let confirm = publisher
+            .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &body, props)
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack());
+    };
+    let start = Instant::now();
+    match rate {
+        None => {
+            futures::stream::iter(0..messages)
+                .for_each_concurrent(IN_FLIGHT, |_| publish(publisher.clone(), queue.clone()))
+                .await;
+        }
+        Some(rate) => {
+            let in_flight = Arc::new(Semaphore::new(1024));
+            for seq in 0..messages {
+                tokio::time::sleep_until((start + Duration::from_secs_f64(seq as f64 / rate as f64)).into()).await;
+                let permit = in_flight.clone().acquire_owned().await.expect("open");
+                let task = publish(publisher.clone(), queue.clone());
+                tokio::spawn(async move {
+                    task.await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+    let notified = done.notified();
+    if handled.load(Ordering::Relaxed) < messages {
+        notified.await;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    consumer_task.abort();
+    let _ = publisher.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = connection.close(200, "OK".into()).await;
+    let h = latency.lock().unwrap().clone();
+    Figures {
+        scenario: scenario.to_owned(),
+        messages,
+        seconds,
+        per_second: messages as f64 / seconds,
+        p50_us: Some(h.value_at_quantile(0.5)),
+        p99_us: Some(h.value_at_quantile(0.99)),
+        max_us: Some(h.max()),
+    }
+}
+
+fn main() {
+    if !RABBITMQ.require() {
+        return;
+    }
+    let messages: u64 = std::env::var("BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let url = RABBITMQ.url();
+        let mut options = RabbitMqOptions::from_url(&url).expect("valid URL");
+        options.namespace = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let transport = RabbitMqTransport::connect(options).await.expect("connect");
+        let engine = transport.clone().into_engine();
+        let raw_url = transport.options().url.clone();
+
+        let raw_tp = raw(&raw_url, "raw lapin, 256 in flight (baseline)", messages, None).await;
+        let courier_tp =
+            bus_throughput("Courier bus, 256 publishers", &engine, messages, IN_FLIGHT, PAYLOAD, |_| {}).await;
+        let courier_tp = courier_tp.expect("Courier throughput");
+        let rate_messages = (RATE as f64 * RATE_SECONDS) as u64;
+        let raw_rate = raw(&raw_url, "raw lapin at 5,000 msg/s (baseline)", rate_messages, Some(RATE)).await;
+        let courier_rate = bus_latency_at_rate("Courier bus at 5,000 msg/s", &engine, RATE, RATE_SECONDS, PAYLOAD)
+            .await
+            .expect("Courier latency at rate");
+
+        println!("\nRabbitMQ, {PAYLOAD}-byte persistent messages, publisher confirms, manual acks\n");
+        println!("{}", Figures::header());
+        for f in [&raw_tp, &courier_tp, &raw_rate, &courier_rate] {
+            println!("{}", f.row());
+        }
+        println!(
+            "\nCourier / raw throughput: {:.0}%  (target >= 90%)",
+            100.0 * courier_tp.per_second / raw_tp.per_second.max(1e-9)
+        );
+        transport.delete_namespace().await.expect("delete the bench namespace");
+        transport.close().await;
+    });
+}

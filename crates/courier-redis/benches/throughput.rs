@@ -1,0 +1,193 @@
+//! Publish-to-handle throughput and latency of the Redis transport, next to a raw Redis Streams client doing the
+//! same work in the same run (XADD with 256 in flight; XREADGROUP batches; XACK).
+//!
+//! Run: `cargo bench -p courier-redis --bench throughput` (needs Redis at `COURIER_TEST_REDIS_URL`, default
+//! `redis://127.0.0.1:6379`). Size: `COURIER_BENCH_MESSAGES` (default 100,000). Uses its own key prefix and
+//! deletes its keys at the end.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use courier_bench::{Figures, bus_latency_at_rate, bus_throughput, payload};
+use courier_redis::{RedisOptions, RedisTransport};
+use courier_testkit::services::REDIS;
+use hdrhistogram::Histogram;
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+
+const PAYLOAD: usize = 256;
+const IN_FLIGHT: usize = 256;
+const RATE: u64 = 5_000;
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+async fn conn(client: &redis::Client) -> MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    client.get_multiplexed_async_connection_with_config(&config).await.expect("connect")
+}
+
+/// The raw baseline: `messages` XADDs (with `in_flight` concurrent, or at `rate` per second) of a 256-byte body
+/// and a timestamp, consumed by one XREADGROUP loop (batches of up to 1,024) that XACKs each batch.
+async fn raw(client: &redis::Client, key: &str, messages: u64, rate: Option<u64>) -> Figures {
+    let mut admin = conn(client).await;
+    let _: redis::RedisResult<()> =
+        redis::cmd("XGROUP").arg("CREATE").arg(key).arg("g").arg("0").arg("MKSTREAM").query_async(&mut admin).await;
+    let body = payload(PAYLOAD);
+    let consumer = {
+        let (mut c, key) = (conn(client).await, key.to_owned());
+        tokio::spawn(async move {
+            let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
+            let mut handled = 0u64;
+            while handled < messages {
+                let reply: Value = redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg("g")
+                    .arg("c")
+                    .arg("COUNT")
+                    .arg(1024)
+                    .arg("BLOCK")
+                    .arg(1000)
+                    .arg("STREAMS")
+                    .arg(&key)
+                    .arg(">")
+                    .query_async(&mut c)
+                    .await
+                    .expect("XREADGROUP");
+                let mut ids = Vec::new();
+                let Value::Array(streams) = reply else { continue };
+                for stream in streams {
+                    let Value::Array(mut parts) = stream else { continue };
+                    let Some(Value::Array(entries)) = parts.pop() else { continue };
+                    for entry in entries {
+                        let Value::Array(mut e) = entry else { continue };
+                        let fields = e.pop();
+                        if let Some(Value::BulkString(id)) = e.pop() {
+                            ids.push(id);
+                        }
+                        if let Some(Value::Array(f)) = fields
+                            && let Some(Value::BulkString(t)) = f.get(1)
+                        {
+                            let sent: i64 = std::str::from_utf8(t).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+                            let _ = latency.record((now_micros() - sent).max(1) as u64);
+                        }
+                    }
+                }
+                handled += ids.len() as u64;
+                if !ids.is_empty() {
+                    let _: i64 =
+                        redis::cmd("XACK").arg(&key).arg("g").arg(&ids).query_async(&mut c).await.expect("XACK");
+                }
+            }
+            latency
+        })
+    };
+    let producer = conn(client).await;
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        let (mut c, next, key, body) = (producer.clone(), next.clone(), key.to_owned(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let seq = next.fetch_add(1, Ordering::Relaxed);
+                if seq >= messages {
+                    return;
+                }
+                if let Some(rate) = rate {
+                    let due = start + Duration::from_secs_f64(seq as f64 / rate as f64);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let _: String = redis::cmd("XADD")
+                    .arg(&key)
+                    .arg("*")
+                    .arg("t")
+                    .arg(now_micros())
+                    .arg("b")
+                    .arg(&body)
+                    .query_async(&mut c)
+                    .await
+                    .expect("XADD");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("producer");
+    }
+    let latency = consumer.await.expect("consumer");
+    let elapsed = start.elapsed();
+    let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(key).query_async(&mut admin).await;
+    let scenario = match rate {
+        None => format!("raw Redis Streams, {IN_FLIGHT} in flight (baseline)"),
+        Some(r) => format!("raw Redis Streams at {r} msg/s (baseline)"),
+    };
+    figures(&scenario, messages, elapsed, &latency)
+}
+
+fn figures(scenario: &str, messages: u64, elapsed: Duration, latency: &Histogram<u64>) -> Figures {
+    let seconds = elapsed.as_secs_f64();
+    Figures {
+        scenario: scenario.to_owned(),
+        messages,
+        seconds,
+        per_second: messages as f64 / seconds.max(1e-9),
+        p50_us: Some(latency.value_at_quantile(0.50)),
+        p99_us: Some(latency.value_at_quantile(0.99)),
+        max_us: Some(latency.max()),
+    }
+}
+
+fn delete_keys(client: &redis::Client, prefix: &str) {
+    let Ok(mut c) = client.get_connection() else { return };
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query(&mut c).unwrap_or_default();
+    if !keys.is_empty() {
+        let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(&keys).query(&mut c);
+    }
+}
+
+fn main() {
+    if !REDIS.require() {
+        return;
+    }
+    let messages: u64 = std::env::var("COURIER_BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let prefix = format!("courier-bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let client = redis::Client::open(REDIS.url()).expect("Redis URL");
+    let rows = rt.block_on(async {
+        let transport = RedisTransport::connect(&REDIS.url(), RedisOptions::default().with_prefix(prefix.clone()))
+            .await
+            .expect("connect");
+        let engine = transport.into_engine();
+        let raw_tp = raw(&client, &format!("{prefix}:raw1"), messages, None).await;
+        let courier_tp = bus_throughput(
+            &format!("Courier Redis transport, {IN_FLIGHT} publishes in flight"),
+            &engine,
+            messages,
+            IN_FLIGHT,
+            PAYLOAD,
+            |_| {},
+        )
+        .await
+        .expect("Courier throughput");
+        let raw_rate = raw(&client, &format!("{prefix}:raw2"), RATE * 5, Some(RATE)).await;
+        let courier_rate =
+            bus_latency_at_rate(&format!("Courier Redis transport at {RATE} msg/s"), &engine, RATE, 5.0, PAYLOAD)
+                .await
+                .expect("Courier latency at rate");
+        vec![raw_tp, courier_tp, raw_rate, courier_rate]
+    });
+    delete_keys(&client, &prefix);
+    println!("\n{} 256-byte messages, publish to handle\n", messages);
+    println!("{}", Figures::header());
+    for row in &rows {
+        println!("{}", row.row());
+    }
+    println!(
+        "\nCourier / raw throughput: {:.0}%; p99 at {RATE} msg/s: Courier {:.2} ms, raw {:.2} ms",
+        100.0 * rows[1].per_second / rows[0].per_second,
+        rows[3].p99_us.unwrap_or(0) as f64 / 1000.0,
+        rows[2].p99_us.unwrap_or(0) as f64 / 1000.0
+    );
+}

@@ -1,0 +1,141 @@
+//! Stream keys and entries: where a queue lives and how a message is stored in it.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use courier_core::{Error, RawMessage, Result};
+use redis::Value;
+
+/// The consumer group every queue's stream has.
+pub(crate) const GROUP: &str = "courier";
+
+/// Key names under one prefix (see [`scripts`](crate::scripts) for the layout).
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    pub(crate) prefix: String,
+}
+
+impl Keys {
+    pub(crate) fn stream(&self, queue: &str) -> String {
+        format!("{}:q:{queue}", self.prefix)
+    }
+    pub(crate) fn dead_letters(&self, queue: &str) -> String {
+        format!("{}:dlq:{queue}", self.prefix)
+    }
+    pub(crate) fn bindings(&self, message_type: &str) -> String {
+        format!("{}:bind:{message_type}", self.prefix)
+    }
+    pub(crate) fn queues(&self) -> String {
+        format!("{}:queues", self.prefix)
+    }
+}
+
+/// One stream entry as read back.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) id: String,
+    /// Deliveries counted before this entry was written.
+    pub(crate) counted: u32,
+    pub(crate) headers: BTreeMap<String, String>,
+    /// The `h` field as stored (JSON), kept to annotate the message on retry or dead-lettering.
+    pub(crate) raw_headers: Vec<u8>,
+    pub(crate) body: Bytes,
+    /// How often Redis delivered this entry (1 unless it was claimed from a dead consumer).
+    pub(crate) times_delivered: u32,
+}
+
+impl Entry {
+    pub(crate) fn delivery_count(&self) -> u32 {
+        self.counted.saturating_add(self.times_delivered.max(1))
+    }
+
+    /// The message, and the headers as stored.
+    pub(crate) fn into_parts(self) -> (RawMessage, Vec<u8>) {
+        (RawMessage { headers: self.headers, body: self.body }, self.raw_headers)
+    }
+}
+
+/// Headers as stored in the `h` field.
+pub(crate) fn encode_headers(headers: &BTreeMap<String, String>) -> Result<String> {
+    serde_json::to_string(headers).map_err(|e| Error::engine(format!("cannot store headers: {e}")))
+}
+
+pub(crate) fn decode_headers(bytes: &[u8]) -> BTreeMap<String, String> {
+    // Written by us; if someone XADDed by hand and they do not parse, the message still reaches the consumer,
+    // which dead-letters it as an invalid envelope.
+    serde_json::from_slice(bytes).unwrap_or_default()
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+pub(crate) fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+pub(crate) fn array(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(items) | Value::Set(items) => items,
+        _ => Vec::new(),
+    }
+}
+
+/// Parses `[id, [field, value, ...], times delivered?]`; `None` for a deleted entry.
+pub(crate) fn parse_entry(v: Value) -> Option<Entry> {
+    let mut parts = array(v).into_iter();
+    let id = text(&parts.next()?)?;
+    let fields = array(parts.next()?);
+    let times_delivered = parts.next().as_ref().and_then(int).unwrap_or(1).clamp(1, u32::MAX as i64) as u32;
+    let mut entry = Entry {
+        id,
+        counted: 0,
+        headers: BTreeMap::new(),
+        raw_headers: Vec::new(),
+        body: Bytes::new(),
+        times_delivered,
+    };
+    let mut fields = fields.into_iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        let Value::BulkString(name) = name else { continue };
+        match (name.as_slice(), value) {
+            (b"n", v) => entry.counted = int(&v).unwrap_or(0).clamp(0, u32::MAX as i64) as u32,
+            (b"h", Value::BulkString(h)) => {
+                entry.headers = decode_headers(&h);
+                entry.raw_headers = h;
+            }
+            (b"b", Value::BulkString(b)) => entry.body = Bytes::from(b),
+            _ => {}
+        }
+    }
+    Some(entry)
+}
+
+/// Parses an `XREADGROUP`/`XREAD` reply for one stream (nil when the block timed out).
+pub(crate) fn parse_read(v: Value) -> Vec<Entry> {
+    let mut streams = array(v).into_iter();
+    let Some(stream) = streams.next() else { return Vec::new() };
+    let mut parts = array(stream).into_iter();
+    let _key = parts.next();
+    parts.next().map(array).unwrap_or_default().into_iter().filter_map(parse_entry).collect()
+}
+
+/// Parses an `XRANGE` reply.
+pub(crate) fn parse_range(v: Value) -> Vec<Entry> {
+    array(v).into_iter().filter_map(parse_entry).collect()
+}
+
+/// The millisecond part of a stream id (`<ms>-<seq>`).
+pub(crate) fn id_millis(id: &str) -> i64 {
+    id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0)
+}

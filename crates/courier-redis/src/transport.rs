@@ -1,0 +1,233 @@
+//! [`RedisTransport`]: queues as Redis streams with one consumer group each.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use courier_core::{Engine, Error, RawMessage, Result, Subscription, SubscriptionOptions, Transport, now_millis};
+use redis::{Client, FromRedisValue, ScriptInvocation};
+use tokio::sync::Notify;
+
+use crate::conn::{Conn, is_dropped, to_error};
+use crate::entry::{Keys, encode_headers};
+use crate::options::{RedisOptions, redact};
+use crate::scripts::Scripts;
+use crate::subscription::RedisSubscription;
+
+/// The Redis Streams transport: each queue is a stream with one consumer group, fan-out bindings are sets,
+/// delayed messages wait in a sorted set, dead letters go to a stream per queue.
+///
+/// See the [crate docs](crate) for the delivery guarantees, ordering and limitations.
+///
+/// ```no_run
+/// # async fn demo() -> courier_core::Result<()> {
+/// use courier_redis::{RedisOptions, RedisTransport};
+/// let transport = RedisTransport::connect("redis://127.0.0.1:6379", RedisOptions::default()).await?;
+/// let engine = transport.into_engine();
+/// # let _ = engine; Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisTransport {
+    pub(crate) core: Arc<Core>,
+}
+
+/// What the transport, its subscriptions and their ackers share.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) client: Client,
+    pub(crate) conn: Arc<Conn>,
+    pub(crate) keys: Keys,
+    pub(crate) scripts: Arc<Scripts>,
+    pub(crate) options: RedisOptions,
+    pub(crate) pump_wake: Arc<Notify>,
+    pub(crate) name: String,
+    subscriptions: AtomicU64,
+    pump: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
+impl Core {
+    /// Runs a script on the shared connection.
+    pub(crate) async fn invoke<T: FromRedisValue>(&self, what: &str, inv: &ScriptInvocation<'_>) -> Result<T> {
+        invoke(&self.conn, what, inv).await
+    }
+
+    /// A name for a new subscription's consumer and connection.
+    pub(crate) fn next_consumer_name(&self) -> String {
+        format!("{}-sub{}", self.name, self.subscriptions.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// Runs a script on `conn`. If the connection turns out to be broken (killed, server restarted), runs it once
+/// more on a fresh connection: every script is safe to repeat (settling checks ownership; a repeated publish is
+/// a duplicate, which at-least-once delivery allows).
+pub(crate) async fn invoke<T: FromRedisValue>(conn: &Conn, what: &str, inv: &ScriptInvocation<'_>) -> Result<T> {
+    let mut c = conn.get().await.map_err(|e| to_error(what, e))?;
+    let result = match inv.invoke_async(&mut c).await {
+        Err(e) if is_dropped(&e) => {
+            let _ = conn.check::<()>(Err(e));
+            c = conn.get().await.map_err(|e| to_error(what, e))?;
+            inv.invoke_async(&mut c).await
+        }
+        result => result,
+    };
+    conn.check(result).map_err(|e| to_error(what, e))
+}
+
+impl RedisTransport {
+    /// Connects to the Redis server at `url` (`redis://[user:password@]host:port[/db]`; Courier's own settings
+    /// come from `options`, not from the URL's query). Fails with a connection error if the server cannot be
+    /// reached.
+    pub async fn connect(url: &str, options: RedisOptions) -> Result<Self> {
+        let shown = redact(url);
+        let client = Client::open(url).map_err(|e| {
+            Error::config(format!("invalid Redis URL '{shown}': write it like 'redis://127.0.0.1:6379'")).with_source(e)
+        })?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("courier-{}-{}", sanitize(&options.prefix), &id[..12]);
+        let conn = Arc::new(Conn::new(client.clone(), name.clone(), Some(options.response_timeout)));
+        conn.get().await.map_err(|e| {
+            Error::connection(format!(
+                "cannot connect to Redis at '{shown}': check that the server is running and the URL's host, port \
+                 and password are right (start one with: redis-server --port 6379)"
+            ))
+            .with_source(e)
+        })?;
+        let keys = Keys { prefix: options.prefix.clone() };
+        let scripts = Arc::new(Scripts::new());
+        let pump_wake = Arc::new(Notify::new());
+        let pump =
+            tokio::spawn(pump(conn.clone(), scripts.clone(), keys.clone(), options.pump_interval, pump_wake.clone()));
+        let core =
+            Core { client, conn, keys, scripts, options, pump_wake, name, subscriptions: AtomicU64::new(0), pump };
+        Ok(Self { core: Arc::new(core) })
+    }
+
+    /// This transport as an [`Engine`] (transport and admin).
+    pub fn into_engine(self) -> Engine {
+        Engine::new(Arc::new(self))
+    }
+
+    /// The key prefix (namespace) of this transport.
+    pub fn prefix(&self) -> &str {
+        &self.core.keys.prefix
+    }
+
+    /// The `CLIENT SETNAME` of this transport's connections: the shared one has exactly this name, each
+    /// subscription's blocking-read connection this name followed by `-sub<n>`. Find them with `CLIENT LIST`.
+    pub fn connection_name(&self) -> &str {
+        &self.core.name
+    }
+
+    async fn schedule(&self, target: Target<'_>, message: &RawMessage, at: DateTime<Utc>) -> Result<()> {
+        let headers = encode_headers(&message.headers)?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let (mode, name) = match target {
+            Target::Queue(q) => ("q", q),
+            Target::Type(t) => ("t", t),
+        };
+        let mut inv = self.core.scripts.schedule.prepare_invoke();
+        inv.arg(&self.core.keys.prefix)
+            .arg(at.timestamp_millis())
+            .arg(&id)
+            .arg(headers)
+            .arg(message.body.as_ref())
+            .arg(mode)
+            .arg(name);
+        self.core.invoke::<i64>("scheduling a message", &inv).await?;
+        self.core.pump_wake.notify_one();
+        Ok(())
+    }
+}
+
+enum Target<'a> {
+    Queue(&'a str),
+    Type(&'a str),
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).take(40).collect()
+}
+
+fn is_future(at: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    at.filter(|t| t.timestamp_millis() > now_millis())
+}
+
+#[async_trait]
+impl Transport for RedisTransport {
+    async fn declare_queue(&self, queue: &str) -> Result<()> {
+        let mut inv = self.core.scripts.declare.prepare_invoke();
+        inv.arg(&self.core.keys.prefix).arg(queue).arg("1");
+        self.core.invoke::<i64>(&format!("declaring queue '{queue}'"), &inv).await.map(drop)
+    }
+
+    async fn bind(&self, queue: &str, message_type: &str) -> Result<()> {
+        let mut inv = self.core.scripts.declare.prepare_invoke();
+        inv.arg(&self.core.keys.prefix).arg(queue).arg("1").arg(message_type);
+        self.core.invoke::<i64>(&format!("binding queue '{queue}' to '{message_type}'"), &inv).await.map(drop)
+    }
+
+    async fn delete_queue(&self, queue: &str) -> Result<()> {
+        let mut inv = self.core.scripts.delete_queue.prepare_invoke();
+        inv.arg(&self.core.keys.prefix).arg(queue);
+        self.core.invoke::<i64>(&format!("deleting queue '{queue}'"), &inv).await.map(drop)
+    }
+
+    async fn publish(&self, message: RawMessage, deliver_at: Option<DateTime<Utc>>) -> Result<()> {
+        let message_type = message.message_type().unwrap_or_default().to_owned();
+        if let Some(at) = is_future(deliver_at) {
+            return self.schedule(Target::Type(&message_type), &message, at).await;
+        }
+        let headers = encode_headers(&message.headers)?;
+        let mut inv = self.core.scripts.publish.key(self.core.keys.bindings(&message_type));
+        inv.arg(&self.core.keys.prefix).arg(headers).arg(message.body.as_ref());
+        self.core.invoke::<i64>("publishing", &inv).await.map(drop)
+    }
+
+    async fn send(&self, queue: &str, message: RawMessage, deliver_at: Option<DateTime<Utc>>) -> Result<()> {
+        if let Some(at) = is_future(deliver_at) {
+            return self.schedule(Target::Queue(queue), &message, at).await;
+        }
+        let headers = encode_headers(&message.headers)?;
+        let mut inv = self.core.scripts.send.prepare_invoke();
+        inv.arg(&self.core.keys.prefix).arg(queue).arg(headers).arg(message.body.as_ref());
+        self.core.invoke::<i64>(&format!("sending to queue '{queue}'"), &inv).await.map(drop)
+    }
+
+    async fn subscribe(&self, queue: &str, options: SubscriptionOptions) -> Result<Box<dyn Subscription>> {
+        self.declare_queue(queue).await?;
+        Ok(Box::new(RedisSubscription::new(self.core.clone(), queue, options)))
+    }
+}
+
+/// Moves due delayed messages to their queues. Several processes may run it on one prefix: each move is atomic.
+async fn pump(conn: Arc<Conn>, scripts: Arc<Scripts>, keys: Keys, interval: Duration, wake: Arc<Notify>) {
+    const LIMIT: i64 = 512;
+    loop {
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let mut inv = scripts.pump.prepare_invoke();
+        inv.arg(&keys.prefix).arg(now_millis()).arg(LIMIT);
+        let mut wait = interval;
+        match invoke::<(i64, i64)>(&conn, "moving due delayed messages", &inv).await {
+            Ok((moved, _)) if moved >= LIMIT => continue,
+            Ok((_, next)) if next >= 0 => {
+                let until = Duration::from_millis((next - now_millis()).max(0) as u64);
+                wait = wait.min(until);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "the delayed-message pump failed; retrying"),
+        }
+        if !wait.is_zero() {
+            let _ = tokio::time::timeout(wait, notified).await;
+        }
+    }
+}
