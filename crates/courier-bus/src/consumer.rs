@@ -48,6 +48,9 @@ pub(crate) async fn run_endpoint(
     let running = Arc::new(Semaphore::new(endpoint.concurrency.max(1)));
     let mut tasks = JoinSet::new();
     let mut failures = 0u32;
+    // Deliveries taken but not started when shutdown came: released only after the subscription is closed, so an
+    // engine that releases by publishing a copy cannot hand that copy straight back to this closing subscription.
+    let mut unstarted = Vec::new();
     'taking: loop {
         for gate in &gates {
             tokio::select! {
@@ -97,10 +100,8 @@ pub(crate) async fn run_endpoint(
             let running = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    release(&bus, &endpoint.queue, delivery).await;
-                    for rest in batch.by_ref() {
-                        release(&bus, &endpoint.queue, rest).await;
-                    }
+                    unstarted.push(delivery);
+                    unstarted.extend(batch.by_ref());
                     break 'taking;
                 }
                 permit = running.clone().acquire_owned() => match permit {
@@ -116,6 +117,9 @@ pub(crate) async fn run_endpoint(
         }
     }
     drop(subscription);
+    for delivery in unstarted {
+        release(&bus, &endpoint.queue, delivery).await;
+    }
     let drained =
         tokio::time::timeout(endpoint.shutdown_timeout, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {

@@ -9,7 +9,11 @@ use courier_http::client::{CircuitBreakerConfig, CircuitState, HttpClient, Windo
 use courier_testkit::fault::{FaultPlan, FaultServer};
 
 fn breaker(open_for: Duration) -> CircuitBreakerConfig {
-    CircuitBreakerConfig::failure_rate(0.5).window(Window::Count(10)).minimum_calls(5).open_for(open_for).half_open_calls(2)
+    CircuitBreakerConfig::failure_rate(0.5)
+        .window(Window::Count(10))
+        .minimum_calls(5)
+        .open_for(open_for)
+        .half_open_calls(2)
 }
 
 #[tokio::test]

@@ -78,7 +78,8 @@ async fn bad_json_gets_a_problem_never_a_panic() {
         let err = err.expect_err("junk is refused");
         assert!(err.is_client_error() && err.problem().is_some(), "{err:?}");
     }
-    let ok: Order = client.post("/orders").json(&serde_json::json!({"sku": "a", "quantity": 2})).send_json().await.unwrap();
+    let ok: Order =
+        client.post("/orders").json(&serde_json::json!({"sku": "a", "quantity": 2})).send_json().await.unwrap();
     assert_eq!(ok.quantity, 2);
 }
 
@@ -149,7 +150,7 @@ async fn graceful_shutdown_drains_in_flight_requests() {
 
 #[tokio::test]
 async fn graceful_shutdown_gives_up_after_its_deadline() {
-    let router = Router::new().route("/hang", get(|| std::future::pending::<&'static str>()));
+    let router = Router::new().route("/hang", get(std::future::pending::<&'static str>));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -44,12 +44,10 @@ async fn ready_fails_when_a_check_fails_and_live_stays_up() {
 
 #[tokio::test]
 async fn a_check_that_hangs_counts_as_down_after_its_timeout() {
-    let checks = HealthChecks::new()
-        .timeout(Duration::from_millis(50))
-        .check("slow", || async {
-            std::future::pending::<()>().await;
-            Ok::<_, String>(())
-        });
+    let checks = HealthChecks::new().timeout(Duration::from_millis(50)).check("slow", || async {
+        std::future::pending::<()>().await;
+        Ok::<_, String>(())
+    });
     let report = checks.run().await;
     assert!(!report.ready);
     assert!(report.checks[0].error.as_deref().unwrap().contains("timed out"));

@@ -24,7 +24,8 @@ async fn run(client: &HttpClient, calls: usize) -> (usize, Vec<Duration>) {
 #[tokio::test]
 async fn hedging_cuts_p99_when_one_replica_is_slow() {
     let fast = FaultServer::start_named("fast", FaultPlan::healthy()).await.unwrap();
-    let slow = FaultServer::start_named("slow", FaultPlan::healthy().latency(Duration::from_millis(250))).await.unwrap();
+    let slow =
+        FaultServer::start_named("slow", FaultPlan::healthy().latency(Duration::from_millis(250))).await.unwrap();
     // Slow answers are not failures: keep both replicas in rotation.
     let balance = BalanceConfig::default().eject_after(1000);
     let plain = HttpClient::balanced([fast.url(), slow.url()]).balance(balance).build().unwrap();

@@ -14,7 +14,9 @@ use axum::{Json, Router};
 use common::TestServer;
 use courier_http::client::HttpClient;
 use courier_http::server::Edge;
-use courier_http::server::idempotency::{IdempotencyLayer, IdempotencyStore, MemoryIdempotencyStore, SqliteIdempotencyStore};
+use courier_http::server::idempotency::{
+    IdempotencyLayer, IdempotencyStore, MemoryIdempotencyStore, SqliteIdempotencyStore,
+};
 
 #[derive(Clone, Default)]
 struct Charges {

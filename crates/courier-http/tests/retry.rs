@@ -71,10 +71,8 @@ async fn retry_after_is_exposed_and_honoured() {
     assert_eq!(server.requests(), 1);
 
     // Honoured: the retry waits for it (and a server that recovered meanwhile answers).
-    let patient = HttpClient::builder(server.url())
-        .retry(RetryPolicy::new().max_attempts(2).no_budget())
-        .build()
-        .unwrap();
+    let patient =
+        HttpClient::builder(server.url()).retry(RetryPolicy::new().max_attempts(2).no_budget()).build().unwrap();
     server.reset_counts();
     let started = std::time::Instant::now();
     let call = tokio::spawn(async move { patient.get("/").send().await });

@@ -98,6 +98,9 @@ impl IntoBulkhead for Bulkhead {
     }
 }
 
+/// Makes a named protection once the client's name is known.
+type MakeNamed<T> = Box<dyn FnOnce(&str) -> T + Send>;
+
 struct Inner {
     name: String,
     bases: Vec<String>,
@@ -196,8 +199,8 @@ pub struct HttpClientBuilder {
     headers: HeaderMap,
     connect_timeout: Duration,
     pipeline: ResiliencePipeline<HttpRequest>,
-    breaker_spec: Option<Box<dyn FnOnce(&str) -> CircuitBreaker + Send>>,
-    bulkhead_spec: Option<Box<dyn FnOnce(&str) -> Bulkhead + Send>>,
+    breaker_spec: Option<MakeNamed<CircuitBreaker>>,
+    bulkhead_spec: Option<MakeNamed<Bulkhead>>,
     rate_limit: Option<RateLimitConfig>,
     predicate: Option<RetryPredicate<HttpRequest>>,
     error: Option<HttpError>,

@@ -50,7 +50,9 @@ impl RequestBuilder {
                 self.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 self
             }
-            Err(e) => self.fail(HttpError::new(HttpErrorKind::Config, "the body could not be serialized").with_source(e)),
+            Err(e) => {
+                self.fail(HttpError::new(HttpErrorKind::Config, "the body could not be serialized").with_source(e))
+            }
         }
     }
 
@@ -94,7 +96,10 @@ impl RequestBuilder {
                 .with_source(e)
         })?;
         if uri.scheme().is_some() || !self.path.starts_with('/') {
-            return Err(HttpError::new(HttpErrorKind::Config, format!("{:?} is not a path starting with '/'", self.path)));
+            return Err(HttpError::new(
+                HttpErrorKind::Config,
+                format!("{:?} is not a path starting with '/'", self.path),
+            ));
         }
         let mut req = http::Request::new(self.body);
         *req.method_mut() = self.method;

@@ -39,8 +39,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-pub use plan::{FaultPlan, Latency};
 use plan::Fault;
+pub use plan::{FaultPlan, Latency};
 
 #[derive(Debug, Default)]
 struct Counters {

@@ -24,9 +24,9 @@
 //!     .layer(IdempotencyLayer::new(Arc::new(MemoryIdempotencyStore::new())).wait(Duration::from_secs(2)));
 //! ```
 
-mod store;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod store;
 
 use std::convert::Infallible;
 use std::fmt;
@@ -188,8 +188,9 @@ where
             }
             let (parts, body) = resp.into_parts();
             let Ok(body) = axum::body::to_bytes(body, settings.max_body).await else {
-                return Ok(Problem::internal("the response could not be stored for idempotent replay; retry")
-                    .into_response());
+                return Ok(
+                    Problem::internal("the response could not be stored for idempotent replay; retry").into_response()
+                );
             };
             let headers = parts
                 .headers
