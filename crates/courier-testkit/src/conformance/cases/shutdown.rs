@@ -61,7 +61,10 @@ pub async fn shutdown_finishes_in_flight_work(engine: Engine) {
 
     let rest = Seen::new();
     let handler = record(&run, &rest, |j: &Job, _| j.n);
-    ok("starting the second bus", harness.bus(queue.clone(), |b| b.consume(handler)).await);
+    // Same visibility timeout as the first bus: an engine may bring back messages that were on the wire to the
+    // closing subscription by their lease (JetStream's ack_wait is per queue, and a new bus would reset it).
+    let configure = |b: courier_bus::BusBuilder| b.consume(handler).visibility_timeout(VISIBILITY_TIMEOUT);
+    ok("starting the second bus", harness.bus(queue.clone(), configure).await);
     let rest = rest.wait_for(MESSAGES as usize - 1, "messages not started before shutdown, on the next bus").await;
     harness.shutdown().await;
     let all: BTreeSet<u64> = finished.iter().chain(&rest).copied().collect();
