@@ -270,6 +270,10 @@ impl HttpClientBuilder {
     }
 
     /// Guards calls with a circuit breaker (a config, or a shared [`CircuitBreaker`]).
+    ///
+    /// Pair it with an [`attempt_timeout`](Self::attempt_timeout): that timeout runs inside the breaker, so a
+    /// hanging dependency is counted as failing. The [`deadline`](Self::deadline) runs outside it (it bounds
+    /// retries too), and a call it cuts off is not counted: the breaker cannot tell it from a cancelled hedge.
     pub fn circuit_breaker(mut self, breaker: impl IntoCircuitBreaker + Send + 'static) -> Self {
         self.breaker_spec = Some(Box::new(move |name| breaker.into_breaker(name)));
         self
