@@ -3,13 +3,15 @@
 //!
 //! - `reqwest`: the raw reqwest client (the floor);
 //! - `bare`: [`HttpClient`] with no layers;
-//! - `full`: [`HttpClient`] with every layer: deadline, budgeted retry, percentile hedging, circuit breaker,
-//!   attempt timeout, bulkhead, rate limit.
+//! - `full`: [`HttpClient`] with every layer: deadline, budgeted retry, circuit breaker, attempt timeout,
+//!   bulkhead, rate limit;
+//! - `full+hedge`: the same plus hedging at the observed p99 (a timer per call).
 //!
 //! Two measures per client, rounds interleaved so machine noise hits all alike: requests/s with 16 callers in a
 //! closed loop, and p50/p99 latency of one caller at a time. Run it with
 //! `cargo bench -p courier-http --bench pipeline`; `COURIER_BENCH_SECS` (default 2) sets each phase's length and
-//! `COURIER_BENCH_ROUNDS` (default 3) the rounds.
+//! `COURIER_BENCH_ROUNDS` (default 3) the rounds; `COURIER_BENCH_ONLY=full` (a comma-separated list of client
+//! names) runs only those clients, for profiling.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +46,23 @@ impl Caller {
             }
         }
     }
+}
+
+/// A client with every layer: deadline, budgeted retry, circuit breaker, attempt timeout, bulkhead and rate
+/// limit; with `hedge`, also hedging at the observed p99.
+fn protected(url: &str, hedge: bool) -> HttpClient {
+    let mut builder = HttpClient::builder(url)
+        .name(if hedge { "full+hedge" } else { "full" })
+        .deadline(Duration::from_secs(2))
+        .retry(RetryPolicy::budgeted())
+        .circuit_breaker(CircuitBreakerConfig::failure_rate(0.5))
+        .attempt_timeout(Duration::from_secs(1))
+        .bulkhead(BulkheadConfig::new(1024))
+        .rate_limit(RateLimitConfig::per_second(1e9));
+    if hedge {
+        builder = builder.hedge(HedgeDelay::percentile(0.99, Duration::from_millis(50)));
+    }
+    builder.build().expect("a client with every layer")
 }
 
 fn seconds_from_env(name: &str, default: u64) -> u64 {
@@ -111,23 +130,19 @@ fn main() {
         tokio::spawn(async move { axum::serve(listener, echo).await });
 
         let bare = HttpClient::builder(&url).name("bare").build().expect("a bare client");
-        let full = HttpClient::builder(&url)
-            .name("full")
-            .deadline(Duration::from_secs(2))
-            .retry(RetryPolicy::budgeted())
-            .hedge(HedgeDelay::percentile(0.99, Duration::from_millis(50)))
-            .circuit_breaker(CircuitBreakerConfig::failure_rate(0.5))
-            .attempt_timeout(Duration::from_secs(1))
-            .bulkhead(BulkheadConfig::new(1024))
-            .rate_limit(RateLimitConfig::per_second(1e9))
-            .build()
-            .expect("a client with every layer");
+        let full = protected(&url, false);
+        let hedged = protected(&url, true);
         let raw = reqwest::Client::builder().build().expect("a reqwest client");
-        let callers = [
+        let only = std::env::var("COURIER_BENCH_ONLY").unwrap_or_default();
+        let callers: Vec<(&'static str, Caller)> = [
             ("reqwest", Caller::Reqwest(raw, format!("{url}/ping"))),
             ("bare", Caller::Courier(bare)),
             ("full", Caller::Courier(full)),
-        ];
+            ("full+hedge", Caller::Courier(hedged)),
+        ]
+        .into_iter()
+        .filter(|(name, _)| only.is_empty() || only.split(',').any(|o| o.trim() == *name))
+        .collect();
         let mut results: Vec<Results> = callers
             .iter()
             .map(|(name, _)| Results {
@@ -160,7 +175,11 @@ fn main() {
                 r.latency.value_at_quantile(0.99)
             );
         }
-        let (bare, full) = (&results[1], &results[2]);
+        let (Some(bare), Some(full)) =
+            (results.iter().find(|r| r.name == "bare"), results.iter().find(|r| r.name == "full"))
+        else {
+            return;
+        };
         let loss = 100.0 * (1.0 - median(&full.rates) / median(&bare.rates));
         let added_p50 = full.latency.value_at_quantile(0.5) as i64 - bare.latency.value_at_quantile(0.5) as i64;
         let added_p99 = full.latency.value_at_quantile(0.99) as i64 - bare.latency.value_at_quantile(0.99) as i64;
