@@ -29,8 +29,15 @@ pub(crate) enum Command {
     /// Inspect, replay and purge dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
-    /// Run the demo shop: Orders publishes OrderPlaced, Shipping and Email consume it; ends with a summary.
-    Demo(DemoArgs),
+    /// The main job: run the reference shop as a sync chain and as hybrid under the same load and faults, and
+    /// compare (a table, and an HTML report with charts).
+    Demo(ShopDemoArgs),
+    /// Run one service of the reference shop in this process (the others reached by URL).
+    #[command(subcommand)]
+    Shop(ShopCommand),
+    /// The bus on its own: Orders publishes OrderPlaced, Shipping and Email consume it; about 1% of orders are
+    /// poison and end in the dead-letter queues (which `dlq` then repairs); ends with a summary.
+    BusDemo(DemoArgs),
     /// List saga instances and show one with its history, from a service's saga store.
     #[command(subcommand)]
     Saga(SagaCommand),
@@ -203,6 +210,59 @@ pub(crate) struct PurgeArgs {
 }
 
 /// `courier demo`.
+#[derive(Debug, Args)]
+pub(crate) struct ShopDemoArgs {
+    /// Seconds of load per mode.
+    #[arg(long, value_name = "SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub(crate) duration: u64,
+    /// Orders placed a second.
+    #[arg(long, value_name = "N", default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=5000))]
+    pub(crate) rate: u32,
+    /// When shipping is down, as fractions of the run (`FROM..TO`), or `none`.
+    #[arg(long, value_name = "FROM..TO", default_value = "0.25..0.55")]
+    pub(crate) shipping_down: String,
+    /// When the card processor is slow, as fractions of the run (`FROM..TO`), or `none`.
+    #[arg(long, value_name = "FROM..TO", default_value = "0.65..0.80")]
+    pub(crate) payments_slow: String,
+    /// The card processor's latency while slow, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1500)]
+    pub(crate) payments_latency_ms: u64,
+    /// Which modes to run: `both`, `hybrid` or `sync`.
+    #[arg(long, value_name = "MODES", default_value = "both")]
+    pub(crate) modes: String,
+    /// Where to write the HTML report [default: ./data/courier-demo-<time>.html].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) report: Option<std::path::PathBuf>,
+    /// Print the results as JSON (no progress bar).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `courier shop ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ShopCommand {
+    /// Run one service: edge, orders, inventory, payments, shipping or email.
+    Run(ShopRunArgs),
+}
+
+/// `courier shop run`.
+#[derive(Debug, Args)]
+pub(crate) struct ShopRunArgs {
+    /// The service: edge, orders, inventory, payments, shipping or email.
+    pub(crate) service: String,
+    /// The directory of the service's SQLite database.
+    #[arg(long, value_name = "DIR", default_value = "./data/shop")]
+    pub(crate) db: std::path::PathBuf,
+    /// `hybrid` or `sync`.
+    #[arg(long, default_value = "hybrid")]
+    pub(crate) mode: String,
+    /// The host the services are on (each at its default port: edge 8080, orders 8081, inventory 8082,
+    /// payments 8083, shipping 8084, email 8085).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub(crate) host: String,
+}
+
+/// `courier bus-demo`.
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
     /// How many orders to place, up to 10 million (about 1% are poison and end in the dead-letter queue).

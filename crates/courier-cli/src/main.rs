@@ -8,6 +8,7 @@ mod dlq;
 mod output;
 mod queues;
 mod saga;
+mod shop;
 
 use std::process::ExitCode;
 
@@ -33,7 +34,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Queues(args) => queues::run(&connect::existing(url).await?, url, args).await,
         Command::Dlq(command) => dlq::run(&connect::existing(url).await?, url, command).await,
-        Command::Demo(args) => demo::run(cli.engine.as_deref(), args).await,
+        Command::Demo(args) => shop::demo(cli.engine.as_deref(), args).await,
+        Command::Shop(command) => shop::run(cli.engine.as_deref(), command).await,
+        Command::BusDemo(args) => demo::run(cli.engine.as_deref(), args).await,
         Command::Saga(command) => saga::run(command).await,
         Command::Bench(args) => bench::run(cli.engine.as_deref(), args).await,
     }

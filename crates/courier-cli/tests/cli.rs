@@ -1,5 +1,5 @@
-//! Runs the built `courier` binary: help texts, engine errors, `queues`, `demo`, and the dead-letter workflow
-//! across invocations on a SQLite file (`demo` seeds the dead-letter queues, `dlq` inspects, replays and purges).
+//! Runs the built `courier` binary: help texts, engine errors, `queues`, `bus-demo`, and the dead-letter workflow
+//! across invocations on a SQLite file (`bus-demo` seeds the dead-letter queues, `dlq` inspects, replays and purges).
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -50,7 +50,7 @@ fn every_command_has_help() {
         &["dlq", "show", "--help"],
         &["dlq", "replay", "--help"],
         &["dlq", "purge", "--help"],
-        &["demo", "--help"],
+        &["bus-demo", "--help"],
         &["saga", "--help"],
         &["saga", "list", "--help"],
         &["saga", "show", "--help"],
@@ -91,8 +91,8 @@ fn bad_arguments_are_usage_errors() {
         &["dlq", "replay", "1", "--all"],
         &["dlq", "replay", "--all", "--rate", "0"],
         &["dlq", "purge", "--group"],
-        &["demo", "--orders", "-3"],
-        &["demo", "--publishers", "0"],
+        &["bus-demo", "--orders", "-3"],
+        &["bus-demo", "--publishers", "0"],
     ] {
         let out = courier(dir.path(), args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
@@ -102,7 +102,7 @@ fn bad_arguments_are_usage_errors() {
 #[test]
 fn demo_summary_adds_up() {
     let dir = tempfile::tempdir().unwrap();
-    let summary = json(dir.path(), &["--engine", "memory://", "demo", "--orders", "200", "--json"]);
+    let summary = json(dir.path(), &["--engine", "memory://", "bus-demo", "--orders", "200", "--json"]);
     let (orders, dead) = (n(&summary, "orders"), n(&summary, "dead_lettered"));
     assert_eq!(orders, 200);
     assert_eq!(dead, 2, "1% of orders are poison: {summary}");
@@ -117,18 +117,18 @@ fn demo_summary_adds_up() {
 #[test]
 fn demo_with_no_orders_finishes() {
     let dir = tempfile::tempdir().unwrap();
-    let summary = json(dir.path(), &["--engine", "memory://", "demo", "--orders", "0", "--json"]);
+    let summary = json(dir.path(), &["--engine", "memory://", "bus-demo", "--orders", "0", "--json"]);
     assert_eq!(n(&summary, "shipments"), 0);
 }
 
-/// The whole dead-letter workflow across processes, on one SQLite file seeded by `demo`.
+/// The whole dead-letter workflow across processes, on one SQLite file seeded by `bus-demo`.
 #[test]
 fn dead_letters_can_be_listed_shown_replayed_and_purged() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("data/courier.db").display());
     let run = |args: &[&str]| json(dir.path(), &[&["--engine", url.as_str()][..], args].concat());
 
-    let summary = run(&["demo", "--orders", "200", "--json"]);
+    let summary = run(&["bus-demo", "--orders", "200", "--json"]);
     assert_eq!(n(&summary, "shipments"), n(&summary, "orders") - n(&summary, "dead_lettered"));
     assert_eq!(n(&summary, "dead_lettered"), 2);
 
