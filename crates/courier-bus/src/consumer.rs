@@ -81,6 +81,14 @@ pub(crate) async fn run_endpoint(
                 continue;
             }
         };
+        // A gate may have closed while the take was pending (a breaker opened): put the batch back untouched
+        // rather than run handlers that would fail and burn retries; the loop then waits for the gate.
+        if !gates.iter().all(|gate| gate.wait_open().now_or_never().is_some()) {
+            for delivery in batch {
+                release(&bus, &endpoint.queue, delivery).await;
+            }
+            continue;
+        }
         let mut first = Some(first);
         let mut batch = batch.into_iter();
         while let Some(delivery) = batch.next() {

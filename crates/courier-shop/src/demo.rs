@@ -84,7 +84,9 @@ pub struct ModeResult {
     pub attempted: u64,
     /// Accepted at the edge (2xx).
     pub accepted: u64,
-    /// Failed for the client (an error status, or no answer within 3 s).
+    /// Refused with a 4xx (sold out at the stock check): a business answer, not a failure.
+    pub refused: u64,
+    /// Failed for the client (a 5xx, or no answer within 3 s).
     pub failed: u64,
     /// Accepted orders that ended Completed.
     pub completed: u64,
@@ -143,6 +145,7 @@ pub enum Progress {
 #[derive(Debug, Default)]
 struct Outcomes {
     accepted: Vec<Uuid>,
+    refused: u64,
     failed: u64,
     answered: u64,
     latencies_ms: Vec<f64>,
@@ -240,6 +243,7 @@ async fn run_mode(
             o.window_ms.push(took);
             match result {
                 Ok(status) => o.accepted.push(status.order_id),
+                Err(e) if e.is_client_error() => o.refused += 1,
                 Err(_) => o.failed += 1,
             }
         });
@@ -289,6 +293,7 @@ async fn run_mode(
         mode,
         attempted: total,
         accepted: o.accepted.len() as u64,
+        refused: o.refused,
         failed: o.failed,
         completed,
         cancelled,
@@ -327,10 +332,11 @@ impl DemoReport {
         }
         let _ = writeln!(out);
         let _ = writeln!(out, "|---|{}", "---:|".repeat(self.results.len()));
-        let rows: [(&str, fn(&ModeResult) -> String); 10] = [
+        let rows: [(&str, fn(&ModeResult) -> String); 11] = [
             ("orders placed by clients", |r| r.attempted.to_string()),
             ("accepted at the edge", |r| r.accepted.to_string()),
-            ("failed for clients", |r| r.failed.to_string()),
+            ("refused (sold out)", |r| r.refused.to_string()),
+            ("failed for clients (5xx, timeout)", |r| r.failed.to_string()),
             ("completed", |r| r.completed.to_string()),
             ("cancelled (with reason)", |r| r.cancelled.to_string()),
             ("lost (accepted, never ended)", |r| r.lost.to_string()),
