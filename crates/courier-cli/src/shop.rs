@@ -15,9 +15,12 @@ fn window(text: &str, flag: &str) -> anyhow::Result<Option<(f64, f64)>> {
     if text.eq_ignore_ascii_case("none") {
         return Ok(None);
     }
-    let parsed = text.split_once("..").and_then(|(a, b)| Some((a.trim().parse::<f64>().ok()?, b.trim().parse::<f64>().ok()?)));
+    let parsed =
+        text.split_once("..").and_then(|(a, b)| Some((a.trim().parse::<f64>().ok()?, b.trim().parse::<f64>().ok()?)));
     match parsed {
-        Some((from, to)) if (0.0..=1.0).contains(&from) && (0.0..=1.0).contains(&to) && from < to => Ok(Some((from, to))),
+        Some((from, to)) if (0.0..=1.0).contains(&from) && (0.0..=1.0).contains(&to) && from < to => {
+            Ok(Some((from, to)))
+        }
         _ => bail!("--{flag} {text:?}: write FROM..TO with 0 <= FROM < TO <= 1 (fractions of the run), or none"),
     }
 }

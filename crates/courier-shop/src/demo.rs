@@ -217,7 +217,8 @@ async fn run_mode(
     let outcomes = Arc::new(Mutex::new(Outcomes::default()));
     let started = Instant::now();
     let length = config.duration.as_secs_f64();
-    let in_window = |window: Option<(f64, f64)>, at: f64| window.is_some_and(|(a, b)| at >= a * length && at < b * length);
+    let in_window =
+        |window: Option<(f64, f64)>, at: f64| window.is_some_and(|(a, b)| at >= a * length && at < b * length);
 
     let mut timeline = Vec::new();
     let mut calls = tokio::task::JoinSet::new();
@@ -275,7 +276,11 @@ async fn run_mode(
             }
         }
         open = still_open;
-        progress(Progress::Draining { mode, done: accepted.len() as u64 - open.len() as u64, total: accepted.len() as u64 });
+        progress(Progress::Draining {
+            mode,
+            done: accepted.len() as u64 - open.len() as u64,
+            total: accepted.len() as u64,
+        });
         if open.is_empty() || Instant::now() >= drain_until {
             break;
         }

@@ -127,7 +127,8 @@ async fn place(
 }
 
 async fn show(State(edge): State<Edge>, UrlPath(order_id): UrlPath<Uuid>) -> Result<Json<OrderStatus>, Problem> {
-    let status = edge.orders.get(&format!("/orders/{order_id}")).send_json().await.map_err(|e| upstream("orders", e))?;
+    let status =
+        edge.orders.get(&format!("/orders/{order_id}")).send_json().await.map_err(|e| upstream("orders", e))?;
     Ok(Json(status))
 }
 

@@ -83,10 +83,7 @@ impl Inventory {
             .db
             .with_conn(|conn| {
                 let mut stmt = conn.prepare("SELECT sku, name, price_cents, available FROM products ORDER BY sku")?;
-                stmt.query_map([], |r| {
-                    product_row(r)
-                })?
-                .collect()
+                stmt.query_map([], |r| product_row(r))?.collect()
             })
             .await?)
     }
@@ -95,11 +92,9 @@ impl Inventory {
         Ok(self
             .db
             .with_conn(move |conn| {
-                conn.query_row(
-                    "SELECT sku, name, price_cents, available FROM products WHERE sku = ?1",
-                    [sku],
-                    |r| product_row(r),
-                )
+                conn.query_row("SELECT sku, name, price_cents, available FROM products WHERE sku = ?1", [sku], |r| {
+                    product_row(r)
+                })
                 .optional()
             })
             .await?)
@@ -109,8 +104,9 @@ impl Inventory {
     pub(crate) async fn reserve(&self, order_id: Uuid, lines: Vec<Line>) -> anyhow::Result<Reservation> {
         let outcome = store::transaction(&self.db, move |tx| {
             let id = order_id.to_string();
-            let held: Option<String> =
-                tx.query_row("SELECT order_id FROM reservations WHERE order_id = ?1", [&id], |r| r.get(0)).optional()?;
+            let held: Option<String> = tx
+                .query_row("SELECT order_id FROM reservations WHERE order_id = ?1", [&id], |r| r.get(0))
+                .optional()?;
             if held.is_some() {
                 return Ok(Reservation::Reserved { repeat: true });
             }
@@ -231,7 +227,10 @@ struct ReserveBody {
     lines: Vec<Line>,
 }
 
-async fn reserve(State(inventory): State<Inventory>, Json(body): Json<ReserveBody>) -> Result<Json<Reservation>, Problem> {
+async fn reserve(
+    State(inventory): State<Inventory>,
+    Json(body): Json<ReserveBody>,
+) -> Result<Json<Reservation>, Problem> {
     match inventory.reserve(body.order_id, body.lines).await.map_err(internal)? {
         Reservation::Rejected { reason } => Err(Problem::conflict(reason)),
         reserved => Ok(Json(reserved)),

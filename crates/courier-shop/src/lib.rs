@@ -274,8 +274,14 @@ impl Shop {
         let engine = courier::connect(&config.engine_url).await?;
         let stats = Arc::new(Stats::default());
         let (stop, _) = watch::channel(false);
-        let mut shop =
-            Shop { addresses: addresses.clone(), stats: stats.clone(), buses: Vec::new(), relay: None, servers: Vec::new(), stop };
+        let mut shop = Shop {
+            addresses: addresses.clone(),
+            stats: stats.clone(),
+            buses: Vec::new(),
+            relay: None,
+            servers: Vec::new(),
+            stop,
+        };
         for (service, listener) in services {
             let router = shop.start_service(service, &config, dir, &engine).await?;
             let app = EdgeLayers::new().apply(router.merge(health::router(HealthChecks::new())));
@@ -284,7 +290,9 @@ impl Shop {
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
             shop.servers.push(tokio::spawn(async move {
-                if let Err(e) = courier_http::server::serve_with_drain(listener, app, signal, Duration::from_secs(5)).await {
+                if let Err(e) =
+                    courier_http::server::serve_with_drain(listener, app, signal, Duration::from_secs(5)).await
+                {
                     tracing::error!(service = service.name(), error = %e, "the HTTP server failed");
                 }
             }));
@@ -369,4 +377,3 @@ impl Shop {
         }
     }
 }
-

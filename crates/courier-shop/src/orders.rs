@@ -114,38 +114,58 @@ fn id_of(order_id: &Uuid) -> String {
 /// The saga: each transition records a fact and sends what comes next.
 fn fulfilment(store: SqliteSagaStore) -> Saga<Fulfilment> {
     Saga::<Fulfilment>::new(SAGA, store)
-        .on(|e: &OrderPlaced| id_of(&e.order_id), |state, e, actions| {
-            state.placed = Some(e.clone());
-            actions.send("inventory", &ReserveStock { order_id: e.order_id, lines: e.lines.clone() })
-        })
-        .on(|e: &StockReserved| id_of(&e.order_id), |state: &mut Fulfilment, e, actions| {
-            state.reserved = true;
-            let Some(placed) = &state.placed else {
-                return Err(HandlerError::transient("stock reserved before the order is known; retrying"));
-            };
-            let charge = ChargePayment { order_id: e.order_id, card: placed.card.clone(), amount_cents: placed.total_cents };
-            actions.send(PAYMENT_WORKER, &charge).map_err(HandlerError::from)
-        })
-        .on(|e: &StockRejected| id_of(&e.order_id), |state, e, _actions: &mut Actions<'_>| {
-            state.cancelled = Some(e.reason.clone());
-            Ok::<(), HandlerError>(())
-        })
-        .on(|e: &PaymentCharged| id_of(&e.order_id), |state: &mut Fulfilment, e, actions| {
-            state.charged = true;
-            let Some(placed) = &state.placed else {
-                return Err(HandlerError::transient("payment charged before the order is known; retrying"));
-            };
-            let confirmed = OrderConfirmed { order_id: e.order_id, email: placed.email.clone(), lines: placed.lines.clone() };
-            actions.publish(&confirmed).map_err(HandlerError::from)
-        })
-        .on(|e: &PaymentDeclined| id_of(&e.order_id), |state, e, actions| {
-            state.cancelled = Some(format!("payment declined: {}", e.reason));
-            actions.send("inventory", &ReleaseStock { order_id: e.order_id })
-        })
-        .on(|e: &OrderShipped| id_of(&e.order_id), |state, _e, _actions: &mut Actions<'_>| {
-            state.shipped = true;
-            Ok::<(), HandlerError>(())
-        })
+        .on(
+            |e: &OrderPlaced| id_of(&e.order_id),
+            |state, e, actions| {
+                state.placed = Some(e.clone());
+                actions.send("inventory", &ReserveStock { order_id: e.order_id, lines: e.lines.clone() })
+            },
+        )
+        .on(
+            |e: &StockReserved| id_of(&e.order_id),
+            |state: &mut Fulfilment, e, actions| {
+                state.reserved = true;
+                let Some(placed) = &state.placed else {
+                    return Err(HandlerError::transient("stock reserved before the order is known; retrying"));
+                };
+                let charge =
+                    ChargePayment { order_id: e.order_id, card: placed.card.clone(), amount_cents: placed.total_cents };
+                actions.send(PAYMENT_WORKER, &charge).map_err(HandlerError::from)
+            },
+        )
+        .on(
+            |e: &StockRejected| id_of(&e.order_id),
+            |state, e, _actions: &mut Actions<'_>| {
+                state.cancelled = Some(e.reason.clone());
+                Ok::<(), HandlerError>(())
+            },
+        )
+        .on(
+            |e: &PaymentCharged| id_of(&e.order_id),
+            |state: &mut Fulfilment, e, actions| {
+                state.charged = true;
+                let Some(placed) = &state.placed else {
+                    return Err(HandlerError::transient("payment charged before the order is known; retrying"));
+                };
+                let confirmed =
+                    OrderConfirmed { order_id: e.order_id, email: placed.email.clone(), lines: placed.lines.clone() };
+                actions.publish(&confirmed).map_err(HandlerError::from)
+            },
+        )
+        .on(
+            |e: &PaymentDeclined| id_of(&e.order_id),
+            |state, e, actions| {
+                state.cancelled = Some(format!("payment declined: {}", e.reason));
+                actions.send("inventory", &ReleaseStock { order_id: e.order_id })
+            },
+        )
+        .on(
+            |e: &OrderShipped| id_of(&e.order_id),
+            |state, _e, _actions: &mut Actions<'_>| {
+                state.shipped = true;
+                Ok::<(), HandlerError>(())
+            },
+        )
 }
 
 /// The orders service.
@@ -218,8 +238,7 @@ impl Orders {
             let payments = payments.clone();
             async move {
                 let order_id = command.order_id;
-                let request =
-                    ChargeRequest { order_id, card: command.card, amount_cents: command.amount_cents };
+                let request = ChargeRequest { order_id, card: command.card, amount_cents: command.amount_cents };
                 match charge(&payments, request).await {
                     Ok(charge) => ctx.publish(PaymentCharged { order_id, charge_id: charge.charge_id }).await?,
                     Err(e) if e.status() == Some(StatusCode::PAYMENT_REQUIRED) => {
@@ -275,7 +294,10 @@ impl Orders {
             .await
             .map_err(|e| Problem::internal(format!("orders database: {e}")))?;
         let status = if inserted == 1 { StatusCode::ACCEPTED } else { StatusCode::OK };
-        Ok((status, self.status(order_id).await?.unwrap_or(OrderStatus { order_id, status: "Placed".into(), reason: None })))
+        Ok((
+            status,
+            self.status(order_id).await?.unwrap_or(OrderStatus { order_id, status: "Placed".into(), reason: None }),
+        ))
     }
 
     /// The sync chain: every step over HTTP, in the request; on failure, undo and report.
@@ -419,7 +441,10 @@ fn upstream(service: &str, e: HttpError) -> Problem {
     Problem::new(status).with_title(format!("{service} failed")).with_detail(e.to_string())
 }
 
-async fn place(State(orders): State<Orders>, Json(order): Json<NewOrder>) -> Result<(StatusCode, Json<OrderStatus>), Problem> {
+async fn place(
+    State(orders): State<Orders>,
+    Json(order): Json<NewOrder>,
+) -> Result<(StatusCode, Json<OrderStatus>), Problem> {
     let (status, order) = orders.place(order).await?;
     Ok((status, Json(order)))
 }

@@ -73,7 +73,6 @@ impl Payments {
             .route("/refunds", post(refund))
             .with_state(self.clone())
     }
-
 }
 
 async fn charge(

@@ -78,7 +78,6 @@ impl Shipping {
         Ok(tracking)
     }
 
-
     pub(crate) fn router(&self) -> Router {
         Router::new()
             .route("/shipments", post(create))

@@ -118,7 +118,9 @@ async fn hybrid_keeps_accepting_while_shipping_is_down_and_catches_up() {
     shop.faults.set_shipping_down(true);
     let mut ids = Vec::new();
     for _ in 0..15 {
-        ids.push(shop.place(&order("ferris-plush", GOOD_CARD)).await.expect("accepted while shipping is down").order_id);
+        ids.push(
+            shop.place(&order("ferris-plush", GOOD_CARD)).await.expect("accepted while shipping is down").order_id,
+        );
     }
     // Everything up to the charge happens; nothing ships.
     let until = Instant::now() + Duration::from_secs(30);
@@ -181,12 +183,32 @@ async fn sync_chain_fails_the_client_while_shipping_is_down() {
 async fn bad_input_gets_a_problem_not_a_panic() {
     let shop = start(Mode::Hybrid).await;
     let bad = [
-        (serde_json::json!({"email": "nope", "card": GOOD_CARD, "lines": [{"sku": "rust-mug", "quantity": 1}]}), 422, "email"),
-        (serde_json::json!({"email": "a@b.c", "card": "12", "lines": [{"sku": "rust-mug", "quantity": 1}]}), 422, "card"),
+        (
+            serde_json::json!({"email": "nope", "card": GOOD_CARD, "lines": [{"sku": "rust-mug", "quantity": 1}]}),
+            422,
+            "email",
+        ),
+        (
+            serde_json::json!({"email": "a@b.c", "card": "12", "lines": [{"sku": "rust-mug", "quantity": 1}]}),
+            422,
+            "card",
+        ),
         (serde_json::json!({"email": "a@b.c", "card": GOOD_CARD, "lines": []}), 422, "lines"),
-        (serde_json::json!({"email": "a@b.c", "card": GOOD_CARD, "lines": [{"sku": "rust-mug", "quantity": 0}]}), 422, "quantity"),
-        (serde_json::json!({"email": "a@b.c", "card": GOOD_CARD, "lines": [{"sku": "no-such", "quantity": 1}]}), 422, "no-such"),
-        (serde_json::json!({"email": "a@b.c", "card": GOOD_CARD, "lines": [{"sku": "limited-poster", "quantity": 99}]}), 409, "out of stock"),
+        (
+            serde_json::json!({"email": "a@b.c", "card": GOOD_CARD, "lines": [{"sku": "rust-mug", "quantity": 0}]}),
+            422,
+            "quantity",
+        ),
+        (
+            serde_json::json!({"email": "a@b.c", "card": GOOD_CARD, "lines": [{"sku": "no-such", "quantity": 1}]}),
+            422,
+            "no-such",
+        ),
+        (
+            serde_json::json!({"email": "a@b.c", "card": GOOD_CARD, "lines": [{"sku": "limited-poster", "quantity": 99}]}),
+            409,
+            "out of stock",
+        ),
         (serde_json::json!({"email": 7}), 400, "body"),
     ];
     for (body, status, mentions) in bad {
