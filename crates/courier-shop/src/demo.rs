@@ -210,7 +210,10 @@ async fn run_mode(
     progress: &(dyn Fn(Progress) + Sync),
 ) -> anyhow::Result<ModeResult> {
     let faults = Faults::none();
-    let shop = Shop::start(ShopConfig::new(&dir, engine_url, mode).faults(faults.clone())).await?;
+    // A namespace per run: on a shared broker, queues left by an earlier run are never consumed by this one.
+    let namespace = format!("demo{}", Uuid::now_v7().simple().to_string().get(..12).unwrap_or("x"));
+    let shop_config = ShopConfig::new(&dir, engine_url, mode).faults(faults.clone()).namespace(namespace);
+    let shop = Shop::start(shop_config).await?;
     let edge = HttpClient::builder(&shop.addresses().edge).name("client").deadline(Duration::from_secs(3)).build()?;
     let orders = HttpClient::builder(&shop.addresses().orders).name("observer").build()?;
     let total = (config.duration.as_secs_f64() * f64::from(config.rate)).round() as u64;

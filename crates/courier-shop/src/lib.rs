@@ -211,12 +211,31 @@ pub struct ShopConfig {
     pub mode: Mode,
     /// The faults in force (change them while it runs).
     pub faults: Faults,
+    /// Prefixes every queue name (`<namespace>-orders`, ...), so runs sharing a broker do not mix; empty: none.
+    pub namespace: String,
 }
 
 impl ShopConfig {
     /// A configuration with no faults.
     pub fn new(data_dir: impl Into<PathBuf>, engine_url: impl Into<String>, mode: Mode) -> Self {
-        Self { data_dir: data_dir.into(), engine_url: engine_url.into(), mode, faults: Faults::none() }
+        Self {
+            data_dir: data_dir.into(),
+            engine_url: engine_url.into(),
+            mode,
+            faults: Faults::none(),
+            namespace: String::new(),
+        }
+    }
+
+    /// With queue names prefixed by `namespace`.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// The queue of the service or worker `name`.
+    pub fn queue(&self, name: &str) -> String {
+        if self.namespace.is_empty() { name.to_owned() } else { format!("{}-{name}", self.namespace) }
     }
 
     /// With these faults.
@@ -307,12 +326,16 @@ impl Shop {
         dir: &Path,
         engine: &Engine,
     ) -> anyhow::Result<axum::Router> {
-        let bus = |name: &str| Bus::builder(name).engine_instance(engine.clone()).retry(retry());
+        let bus = |name: &str| Bus::builder(config.queue(name)).engine_instance(engine.clone()).retry(retry());
         let hybrid = config.mode == Mode::Hybrid;
         Ok(match service {
             Service::Edge => edge::Edge::new(&self.addresses)?.router(),
             Service::Orders => {
-                let orders = orders::Orders::open(dir, config.mode, &self.addresses).await?;
+                let queues = orders::Queues {
+                    inventory: config.queue(Service::Inventory.name()),
+                    payment_worker: config.queue(orders::PAYMENT_WORKER),
+                };
+                let orders = orders::Orders::open(dir, config.mode, &self.addresses, queues).await?;
                 if hybrid {
                     let saga = orders.saga_consumers(bus("orders")).start().await?;
                     let worker = orders.payment_worker(bus(orders::PAYMENT_WORKER)).concurrency(16).start().await?;

@@ -34,7 +34,7 @@ use crate::{Addresses, Mode};
 
 /// The saga's stored name.
 pub const SAGA: &str = "order-fulfilment";
-/// The queue of the payment worker.
+/// The queue of the payment worker (prefixed by [`ShopConfig::namespace`](crate::ShopConfig::namespace)).
 pub const PAYMENT_WORKER: &str = "orders-payments";
 
 const SCHEMA: &str = "
@@ -111,26 +111,37 @@ fn id_of(order_id: &Uuid) -> String {
     order_id.to_string()
 }
 
+/// The queues the saga sends commands to.
+#[derive(Debug, Clone)]
+pub(crate) struct Queues {
+    /// Inventory's queue.
+    pub(crate) inventory: String,
+    /// The payment worker's queue.
+    pub(crate) payment_worker: String,
+}
+
 /// The saga: each transition records a fact and sends what comes next.
-fn fulfilment(store: SqliteSagaStore) -> Saga<Fulfilment> {
+fn fulfilment(store: SqliteSagaStore, queues: Queues) -> Saga<Fulfilment> {
+    let (reserve_to, release_to, charge_to) =
+        (queues.inventory.clone(), queues.inventory.clone(), queues.payment_worker.clone());
     Saga::<Fulfilment>::new(SAGA, store)
         .on(
             |e: &OrderPlaced| id_of(&e.order_id),
-            |state, e, actions| {
+            move |state, e, actions| {
                 state.placed = Some(e.clone());
-                actions.send("inventory", &ReserveStock { order_id: e.order_id, lines: e.lines.clone() })
+                actions.send(&reserve_to, &ReserveStock { order_id: e.order_id, lines: e.lines.clone() })
             },
         )
         .on(
             |e: &StockReserved| id_of(&e.order_id),
-            |state: &mut Fulfilment, e, actions| {
+            move |state: &mut Fulfilment, e, actions| {
                 state.reserved = true;
                 let Some(placed) = &state.placed else {
                     return Err(HandlerError::transient("stock reserved before the order is known; retrying"));
                 };
                 let charge =
                     ChargePayment { order_id: e.order_id, card: placed.card.clone(), amount_cents: placed.total_cents };
-                actions.send(PAYMENT_WORKER, &charge).map_err(HandlerError::from)
+                actions.send(&charge_to, &charge).map_err(HandlerError::from)
             },
         )
         .on(
@@ -154,9 +165,9 @@ fn fulfilment(store: SqliteSagaStore) -> Saga<Fulfilment> {
         )
         .on(
             |e: &PaymentDeclined| id_of(&e.order_id),
-            |state, e, actions| {
+            move |state, e, actions| {
                 state.cancelled = Some(format!("payment declined: {}", e.reason));
-                actions.send("inventory", &ReleaseStock { order_id: e.order_id })
+                actions.send(&release_to, &ReleaseStock { order_id: e.order_id })
             },
         )
         .on(
@@ -173,6 +184,7 @@ fn fulfilment(store: SqliteSagaStore) -> Saga<Fulfilment> {
 pub(crate) struct Orders {
     outbox: SqliteOutbox,
     sagas: SqliteSagaStore,
+    queues: Queues,
     mode: Mode,
     inventory: HttpClient,
     payments: HttpClient,
@@ -181,7 +193,12 @@ pub(crate) struct Orders {
 }
 
 impl Orders {
-    pub(crate) async fn open(dir: &std::path::Path, mode: Mode, addresses: &Addresses) -> anyhow::Result<Self> {
+    pub(crate) async fn open(
+        dir: &std::path::Path,
+        mode: Mode,
+        addresses: &Addresses,
+        queues: Queues,
+    ) -> anyhow::Result<Self> {
         let outbox = SqliteOutbox::open(dir.join("orders.db"), "orders").await?;
         outbox.transaction(|tx| tx.execute_batch(SCHEMA)).await?;
         let sagas = SqliteSagaStore::open(&outbox).await?;
@@ -209,6 +226,7 @@ impl Orders {
         Ok(Self {
             outbox,
             sagas,
+            queues,
             mode,
             inventory: call(&addresses.inventory, 1000)?,
             payments,
@@ -223,7 +241,7 @@ impl Orders {
 
     /// The saga and its bus consumers (queue `orders`).
     pub(crate) fn saga_consumers(&self, builder: BusBuilder) -> BusBuilder {
-        fulfilment(self.sagas.clone()).attach(builder)
+        fulfilment(self.sagas.clone(), self.queues.clone()).attach(builder)
     }
 
     /// The payment worker (queue `orders-payments`): charges through the payments API, paused while its breaker
