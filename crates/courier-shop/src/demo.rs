@@ -4,7 +4,8 @@
 //! Each mode gets a fresh shop (its own data directory and bus). A load generator places orders at the edge at
 //! a steady rate; part way through, shipping goes down for a stretch, and later the card processor turns slow
 //! (slower than the payment client's deadline). When the load ends the faults are lifted and the run waits for
-//! every accepted order to end (Completed or Cancelled). Clients give up after 3 s.
+//! every accepted order to end (Completed or Cancelled). Clients give up after 3 s; every request carries an
+//! idempotency key, and one client in 25 sends its request twice (as after a lost response).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use courier::prelude::*;
 use courier_http::client::HttpClient;
+use courier_http::server::idempotency::REPLAYED;
 use serde::Serialize;
 
 use crate::messages::Line;
@@ -94,7 +96,8 @@ pub struct ModeResult {
     pub cancelled: u64,
     /// Accepted orders that never ended (lost): must be 0.
     pub lost: u64,
-    /// Repeats absorbed by idempotent consumers and APIs.
+    /// Repeats absorbed: client retries replayed by the edge's idempotency keys, plus repeated deliveries that
+    /// consumers recognised and skipped.
     pub duplicates_absorbed: u64,
     /// Edge latency, all requests, ms.
     pub p50_ms: f64,
@@ -148,6 +151,7 @@ struct Outcomes {
     refused: u64,
     failed: u64,
     answered: u64,
+    replays_absorbed: u64,
     latencies_ms: Vec<f64>,
     window_ms: Vec<f64>,
 }
@@ -239,10 +243,20 @@ async fn run_mode(
         let (edge, shared) = (edge.clone(), outcomes.clone());
         calls.spawn(async move {
             let sent = Instant::now();
-            let result = edge.post("/orders").json(&order(i)).send_json::<OrderStatus>().await;
+            let key = Uuid::now_v7();
+            let place = || edge.post("/orders").json(&order(i)).idempotency_key(key).send();
+            let mut result = place().await;
             let took = sent.elapsed().as_secs_f64() * 1000.0;
+            // One client in 25 sends its request again with the same key, as after a lost response.
+            let mut replayed = false;
+            if i % 25 == 11 {
+                result = place().await;
+                replayed = result.as_ref().is_ok_and(|r| r.header(REPLAYED) == Some("true"));
+            }
+            let result = result.and_then(|r| r.json::<OrderStatus>());
             let mut o = shared.lock().unwrap_or_else(|p| p.into_inner());
             o.answered += 1;
+            o.replays_absorbed += u64::from(replayed);
             o.latencies_ms.push(took);
             o.window_ms.push(took);
             match result {
@@ -292,7 +306,7 @@ async fn run_mode(
     }
     let settled_after_secs = started.elapsed().as_secs_f64();
     timeline.push(sample(&outcomes, &orders, started).await);
-    let duplicates_absorbed = shop.stats().duplicates_absorbed();
+    let consumer_duplicates = shop.stats().duplicates_absorbed();
     shop.shutdown().await;
 
     let o = outcomes.lock().unwrap_or_else(|p| p.into_inner());
@@ -306,7 +320,7 @@ async fn run_mode(
         completed,
         cancelled,
         lost: open.len() as u64,
-        duplicates_absorbed,
+        duplicates_absorbed: consumer_duplicates + o.replays_absorbed,
         p50_ms: percentile(&latencies, 0.5),
         p99_ms: percentile(&latencies, 0.99),
         settled_after_secs,

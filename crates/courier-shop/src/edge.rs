@@ -3,7 +3,12 @@
 //! needed now: an order for something sold out is refused at once), prices the order, and hands it to orders.
 //!
 //! HTTP: `POST /orders` (`{email, card, lines: [{sku, quantity}]}`), `GET /orders/{id}`, `GET /products`.
+//!
+//! A client that may retry sends `Idempotency-Key` with `POST /orders`: a repeat gets the first answer again
+//! (with `idempotent-replayed: true`) instead of placing a second order; keys are kept in the edge's SQLite
+//! database for a day.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path as UrlPath, State};
@@ -11,6 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use courier::prelude::*;
 use courier_http::client::{CircuitBreakerConfig, HttpClient, RetryPolicy};
+use courier_http::server::idempotency::{IdempotencyLayer, SqliteIdempotencyStore};
 use courier_http::{HttpError, Problem};
 use http::StatusCode;
 
@@ -34,10 +40,11 @@ pub struct PlaceOrder {
 pub(crate) struct Edge {
     inventory: HttpClient,
     orders: HttpClient,
+    keys: Arc<SqliteIdempotencyStore>,
 }
 
 impl Edge {
-    pub(crate) fn new(addresses: &Addresses) -> anyhow::Result<Self> {
+    pub(crate) fn new(dir: &std::path::Path, addresses: &Addresses) -> anyhow::Result<Self> {
         let inventory = HttpClient::builder(&addresses.inventory)
             .name("inventory")
             .deadline(Duration::from_millis(800))
@@ -47,12 +54,14 @@ impl Edge {
             .build()?;
         // Placing is not retried here: the edge answers the client, who may retry with the same request.
         let orders = HttpClient::builder(&addresses.orders).name("orders").deadline(Duration::from_secs(5)).build()?;
-        Ok(Self { inventory, orders })
+        let keys = Arc::new(SqliteIdempotencyStore::open(dir.join("edge-keys.db"))?);
+        Ok(Self { inventory, orders, keys })
     }
 
     pub(crate) fn router(&self) -> Router {
         Router::new()
             .route("/orders", post(place))
+            .layer(IdempotencyLayer::new(self.keys.clone()).ttl(Duration::from_secs(24 * 3600)))
             .route("/orders/{order_id}", get(show))
             .route("/products", get(products))
             .with_state(self.clone())

@@ -329,7 +329,7 @@ impl Shop {
         let bus = |name: &str| Bus::builder(config.queue(name)).engine_instance(engine.clone()).retry(retry());
         let hybrid = config.mode == Mode::Hybrid;
         Ok(match service {
-            Service::Edge => edge::Edge::new(&self.addresses)?.router(),
+            Service::Edge => edge::Edge::new(dir, &self.addresses)?.router(),
             Service::Orders => {
                 let queues = orders::Queues {
                     inventory: config.queue(Service::Inventory.name()),

@@ -222,3 +222,19 @@ async fn bad_input_gets_a_problem_not_a_panic() {
     assert_eq!(error.expect_err("refused").status().map(|s| s.as_u16()), Some(400));
     shop.shop.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_request_with_the_same_key_places_one_order() {
+    let shop = start(Mode::Hybrid).await;
+    let key = Uuid::now_v7();
+    let first = shop.edge.post("/orders").json(&order("rust-mug", GOOD_CARD)).idempotency_key(key).send().await;
+    let first = first.expect("placed");
+    let again = shop.edge.post("/orders").json(&order("rust-mug", GOOD_CARD)).idempotency_key(key).send().await;
+    let again = again.expect("replayed");
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    let (first, again): (OrderStatus, OrderStatus) = (first.json().unwrap(), again.json().unwrap());
+    assert_eq!(first.order_id, again.order_id, "the same order, not a second one");
+    let statuses = shop.wait_final(&[first.order_id]).await;
+    shop.check_outcomes(&statuses).await;
+    shop.shop.shutdown().await;
+}
