@@ -354,7 +354,7 @@ impl DemoReport {
         }
         let _ = writeln!(out);
         let _ = writeln!(out, "|---|{}", "---:|".repeat(self.results.len()));
-        let rows: [(&str, fn(&ModeResult) -> String); 11] = [
+        let rows: [Row; 11] = [
             ("orders placed by clients", |r| r.attempted.to_string()),
             ("accepted at the edge", |r| r.accepted.to_string()),
             ("refused (sold out)", |r| r.refused.to_string()),
@@ -431,6 +431,9 @@ fn markdown_table_to_html(table: &str) -> String {
     html.push_str("</table>");
     html
 }
+
+/// A table row: its label and how to show a mode's value.
+type Row = (&'static str, fn(&ModeResult) -> String);
 
 type Series<'a> = (String, &'a str, bool, Vec<(f64, f64)>);
 

@@ -83,7 +83,7 @@ impl Inventory {
             .db
             .with_conn(|conn| {
                 let mut stmt = conn.prepare("SELECT sku, name, price_cents, available FROM products ORDER BY sku")?;
-                stmt.query_map([], |r| product_row(r))?.collect()
+                stmt.query_map([], product_row)?.collect()
             })
             .await?)
     }

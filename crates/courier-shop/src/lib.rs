@@ -31,6 +31,9 @@
 //! # Ok(()) }
 //! ```
 
+// Handlers return `Result<_, Problem>`: the problem is the response, and boxing it would only add noise.
+#![allow(clippy::result_large_err)]
+
 mod catalog;
 pub mod demo;
 mod edge;
@@ -256,6 +259,40 @@ pub struct Shop {
     stop: watch::Sender<bool>,
 }
 
+/// What `/health/ready` checks: the service's database answers a query; the edge also needs inventory and orders
+/// to be live.
+fn readiness(service: Service, dir: &Path, addresses: &Addresses) -> anyhow::Result<HealthChecks> {
+    let mut checks = HealthChecks::new().timeout(Duration::from_secs(2));
+    if service != Service::Edge {
+        let path = dir.join(format!("{}.db", service.name()));
+        checks = checks.check("database", move || {
+            let path = path.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let conn = rusqlite::Connection::open(&path)?;
+                    conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+            }
+        });
+    } else {
+        for dependency in [Service::Inventory, Service::Orders] {
+            let client = courier_http::client::HttpClient::builder(addresses.of(dependency))
+                .name(dependency.name())
+                .deadline(Duration::from_secs(1))
+                .build()?;
+            checks = checks.check(dependency.name(), move || {
+                let client = client.clone();
+                async move { client.get("/health/live").send().await.map(|_| ()) }
+            });
+        }
+    }
+    Ok(checks)
+}
+
 /// Retries for the shop's consumers: quick first, then backing off to at most 2 s between tries, for about a
 /// minute, before the dead-letter queue.
 fn retry() -> Retry {
@@ -303,7 +340,8 @@ impl Shop {
         };
         for (service, listener) in services {
             let router = shop.start_service(service, &config, dir, &engine).await?;
-            let app = EdgeLayers::new().apply(router.merge(health::router(HealthChecks::new())));
+            let checks = readiness(service, dir, &addresses)?;
+            let app = EdgeLayers::new().apply(router.merge(health::router(checks)));
             let mut stopped = shop.stop.subscribe();
             let signal = async move {
                 let _ = stopped.wait_for(|stop| *stop).await;

@@ -429,8 +429,7 @@ impl Orders {
             .outbox
             .transaction(|tx| {
                 let mut stmt = tx.prepare("SELECT id, status FROM orders")?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>();
-                rows
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()
             })
             .await?;
         for (id, status) in rows {

@@ -238,3 +238,15 @@ async fn a_retried_request_with_the_same_key_places_one_order() {
     shop.check_outcomes(&statuses).await;
     shop.shop.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readiness_checks_each_service_and_the_edge_dependencies() {
+    let shop = start(Mode::Hybrid).await;
+    let ready: serde_json::Value = shop.edge.get("/health/ready").send_json().await.expect("the edge is ready");
+    assert_eq!(ready["ready"], true, "{ready}");
+    let names: Vec<&str> = ready["checks"].as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["inventory", "orders"], "{ready}");
+    let shipping: serde_json::Value = shop.shipping.get("/health/ready").send_json().await.expect("ready");
+    assert_eq!(shipping["checks"][0]["name"], "database", "{shipping}");
+    shop.shop.shutdown().await;
+}
