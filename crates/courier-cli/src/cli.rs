@@ -257,7 +257,7 @@ pub(crate) struct ShopRunArgs {
     #[arg(long, default_value = "hybrid")]
     pub(crate) mode: String,
     /// The host the services are on (each at its default port: edge 8080, orders 8081, inventory 8082,
-    /// payments 8083, shipping 8084, email 8085).
+    /// payments 8083, shipping 8084, email 8085; inventory gRPC 9082).
     #[arg(long, default_value = "127.0.0.1")]
     pub(crate) host: String,
 }

@@ -109,7 +109,13 @@ async fn run_service(engine_url: Option<&str>, args: &ShopRunArgs) -> anyhow::Re
     let listener =
         tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let config = ShopConfig::new(&args.db, &engine, mode(&args.mode)?);
-    let shop = Shop::start_services(config, addresses, vec![(service, listener)]).await?;
+    let grpc = if service == Service::Inventory {
+        let listen = format!("{}:{}", args.host, courier_shop::INVENTORY_GRPC_PORT);
+        Some(tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?)
+    } else {
+        None
+    };
+    let shop = Shop::start_services(config, addresses, vec![(service, listener)], grpc).await?;
     output::line(format!(
         "{} listening on http://{listen} (bus: {engine}, data: {}); Ctrl-C stops it",
         service.name(),

@@ -1,6 +1,7 @@
 //! The edge (API gateway): the only service clients talk to. Validates input (every bad request gets a
-//! problem+json 4xx naming the field, never a panic), checks stock synchronously with inventory (the answer is
-//! needed now: an order for something sold out is refused at once), prices the order, and hands it to orders.
+//! problem+json 4xx naming the field, never a panic), checks stock synchronously with inventory over gRPC (the
+//! answer is needed now: an order for something sold out is refused at once), prices the order, and hands it to
+//! orders over HTTP.
 //!
 //! HTTP: `POST /orders` (`{email, card, lines: [{sku, quantity}]}`), `GET /orders/{id}`, `GET /products`.
 //!
@@ -15,6 +16,8 @@ use axum::extract::{Path as UrlPath, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use courier::prelude::*;
+use courier_grpc::client::{CircuitBreakerConfig as GrpcBreaker, ResilientChannel, RetryPolicy as GrpcRetry};
+use courier_grpc::example::{GET_STOCK, InventoryClient, StockRequest};
 use courier_http::client::{CircuitBreakerConfig, HttpClient, RetryPolicy};
 use courier_http::server::idempotency::{IdempotencyLayer, SqliteIdempotencyStore};
 use courier_http::{HttpError, Problem};
@@ -39,6 +42,7 @@ pub struct PlaceOrder {
 #[derive(Debug, Clone)]
 pub(crate) struct Edge {
     inventory: HttpClient,
+    stock: InventoryClient<ResilientChannel>,
     orders: HttpClient,
     keys: Arc<SqliteIdempotencyStore>,
 }
@@ -54,8 +58,18 @@ impl Edge {
             .build()?;
         // Placing is not retried here: the edge answers the client, who may retry with the same request.
         let orders = HttpClient::builder(&addresses.orders).name("orders").deadline(Duration::from_secs(5)).build()?;
+        // The stock check at checkout: gRPC, idempotent, so retried and guarded by its own breaker.
+        let channel = ResilientChannel::builder(&addresses.inventory_grpc)
+            .name("inventory-grpc")
+            .deadline(Duration::from_millis(800))
+            .attempt_timeout(Duration::from_millis(300))
+            .retry(GrpcRetry::budgeted())
+            .idempotent([GET_STOCK])
+            .circuit_breaker(GrpcBreaker::failure_rate(0.5))
+            .build()
+            .map_err(|s| anyhow::anyhow!("the inventory gRPC channel: {}", s.message()))?;
         let keys = Arc::new(SqliteIdempotencyStore::open(dir.join("edge-keys.db"))?);
-        Ok(Self { inventory, orders, keys })
+        Ok(Self { inventory, stock: InventoryClient::new(channel), orders, keys })
     }
 
     pub(crate) fn router(&self) -> Router {
@@ -107,12 +121,23 @@ async fn place(
     validate(&order)?;
     let mut total_cents = 0u64;
     for line in &order.lines {
-        let product: Product = match edge.inventory.get(&format!("/stock/{}", line.sku)).send_json().await {
-            Ok(product) => product,
-            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {
+        let product = match edge.stock.clone().get_stock(StockRequest { sku: line.sku.clone() }).await {
+            Ok(stock) => stock.into_inner(),
+            Err(status) if status.code() == tonic::Code::NotFound => {
                 return Err(Problem::unprocessable(format!("lines: no product '{}'", line.sku)));
             }
-            Err(e) => return Err(upstream("inventory", e)),
+            Err(status) => {
+                let code = if status.code() == tonic::Code::DeadlineExceeded {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
+                return Err(Problem::new(code).with_title("inventory failed").with_detail(format!(
+                    "stock check: {}: {}",
+                    status.code(),
+                    status.message()
+                )));
+            }
         };
         if product.available < u64::from(line.quantity) {
             return Err(Problem::conflict(format!(

@@ -1,8 +1,8 @@
-//! Inventory: owns the stock. Answers the synchronous stock check at checkout over HTTP (the edge needs the
-//! answer now), and holds or releases stock for orders: by command on the bus in hybrid mode, over HTTP in the
-//! sync chain.
+//! Inventory: owns the stock. Answers the synchronous stock check at checkout over gRPC
+//! (`courier.example.v1.Inventory/GetStock`: the edge needs the answer now), and holds or releases stock for
+//! orders: by command on the bus in hybrid mode, over HTTP in the sync chain.
 //!
-//! HTTP: `GET /products`, `GET /stock/{sku}`, `POST /reservations` (`{order_id, lines}`: 200, or 409 when out of
+//! HTTP: `GET /products`, `GET /stock/{sku}` (the same check), `POST /reservations` (`{order_id, lines}`: 200, or 409 when out of
 //! stock), `DELETE /reservations/{order_id}`. Bus queue `inventory`: `ReserveStock`, `ReleaseStock`; publishes
 //! `StockReserved` / `StockRejected`. A reservation is keyed by order, so a repeated command changes nothing.
 
@@ -197,6 +197,27 @@ impl Inventory {
                     Ok::<(), HandlerError>(())
                 }
             })
+    }
+}
+
+#[tonic::async_trait]
+impl courier_grpc::example::Inventory for Inventory {
+    async fn get_stock(
+        &self,
+        request: tonic::Request<courier_grpc::example::StockRequest>,
+    ) -> Result<tonic::Response<courier_grpc::example::Stock>, tonic::Status> {
+        let sku = request.into_inner().sku;
+        if sku.is_empty() {
+            return Err(tonic::Status::invalid_argument("sku: give a product's sku"));
+        }
+        let product = self.product(sku.clone()).await.map_err(|e| tonic::Status::internal(format!("{e}")))?;
+        let product = product.ok_or_else(|| tonic::Status::not_found(format!("no product '{sku}'")))?;
+        Ok(tonic::Response::new(courier_grpc::example::Stock {
+            sku: product.sku,
+            name: product.name,
+            price_cents: product.price_cents,
+            available: product.available,
+        }))
     }
 }
 

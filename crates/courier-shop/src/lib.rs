@@ -141,6 +141,9 @@ impl Service {
     }
 }
 
+/// The port inventory's gRPC server listens on when run on its own.
+pub const INVENTORY_GRPC_PORT: u16 = 9082;
+
 /// Where each service's HTTP API is (base URLs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Addresses {
@@ -148,8 +151,10 @@ pub struct Addresses {
     pub edge: String,
     /// Orders.
     pub orders: String,
-    /// Inventory.
+    /// Inventory (HTTP).
     pub inventory: String,
+    /// Inventory's gRPC stock check.
+    pub inventory_grpc: String,
     /// Payments.
     pub payments: String,
     /// Shipping.
@@ -166,6 +171,7 @@ impl Addresses {
             edge: url(Service::Edge),
             orders: url(Service::Orders),
             inventory: url(Service::Inventory),
+            inventory_grpc: format!("http://{host}:{INVENTORY_GRPC_PORT}"),
             payments: url(Service::Payments),
             shipping: url(Service::Shipping),
             email: url(Service::Email),
@@ -306,24 +312,28 @@ impl Shop {
         for _ in Service::ALL {
             listeners.push(TcpListener::bind("127.0.0.1:0").await?);
         }
+        let grpc = TcpListener::bind("127.0.0.1:0").await?;
         let url = |l: &TcpListener| l.local_addr().map(|a| format!("http://{a}"));
         let addresses = Addresses {
             edge: url(&listeners[0])?,
             orders: url(&listeners[1])?,
             inventory: url(&listeners[2])?,
+            inventory_grpc: url(&grpc)?,
             payments: url(&listeners[3])?,
             shipping: url(&listeners[4])?,
             email: url(&listeners[5])?,
         };
         let services = Service::ALL.into_iter().zip(listeners).collect();
-        Self::start_services(config, addresses, services).await
+        Self::start_services(config, addresses, services, Some(grpc)).await
     }
 
-    /// Starts the given services, each serving HTTP on its listener; the others are reached at `addresses`.
+    /// Starts the given services, each serving HTTP on its listener (and inventory gRPC on `inventory_grpc`, if
+    /// inventory is among them); the others are reached at `addresses`.
     pub async fn start_services(
         config: ShopConfig,
         addresses: Addresses,
         services: Vec<(Service, TcpListener)>,
+        mut inventory_grpc: Option<TcpListener>,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)?;
         let dir = config.data_dir.as_path();
@@ -339,6 +349,24 @@ impl Shop {
             stop,
         };
         for (service, listener) in services {
+            if service == Service::Inventory
+                && let Some(grpc) = inventory_grpc.take()
+            {
+                let inventory = inventory::Inventory::open(dir, stats.clone()).await?;
+                let mut stopped = shop.stop.subscribe();
+                shop.servers.push(tokio::spawn(async move {
+                    let served = tonic::transport::Server::builder()
+                        .layer(courier_grpc::server::TraceContextLayer)
+                        .add_service(courier_grpc::example::InventoryServer::new(inventory))
+                        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(grpc), async move {
+                            let _ = stopped.wait_for(|stop| *stop).await;
+                        })
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "inventory's gRPC server failed");
+                    }
+                }));
+            }
             let router = shop.start_service(service, &config, dir, &engine).await?;
             let checks = readiness(service, dir, &addresses)?;
             let app = EdgeLayers::new().apply(router.merge(health::router(checks)));
