@@ -1,5 +1,5 @@
 //! Email: writes the "your order is on its way" message it would send to its own `emails` table (one per order:
-//! the table's key makes a repeat a no-op). Consumes `OrderShipped` (queue `email`); in the sync chain,
+//! the inbox skips a redelivered message, and the table's key makes a second `OrderShipped` for an order a no-op). Consumes `OrderShipped` (queue `email`); in the sync chain,
 //! `POST /emails` does the same over HTTP. `GET /emails/{order_id}` lists what an order's customer was sent.
 
 use std::sync::Arc;
@@ -58,24 +58,20 @@ impl Mailer {
         Ok(Self { db: store::open(dir, "email", SCHEMA).await?, stats })
     }
 
+    /// The HTTP path: writes the email unless the order has one.
     async fn send_shipped(&self, order_id: Uuid, to: String, tracking: String) -> anyhow::Result<()> {
-        let written = self
-            .db
-            .with_conn(move |c| {
-                c.execute(
-                    "INSERT OR IGNORE INTO emails (order_id, kind, recipient, subject, body, sent_at)
-                     VALUES (?1, 'shipped', ?2, ?3, ?4, ?5)",
-                    params![
-                        order_id.to_string(),
-                        to,
-                        format!("Your order {} is on its way", &order_id.to_string()[..8]),
-                        format!("Track it with {tracking}. Thank you for shopping with us."),
-                        chrono::Utc::now().timestamp_millis()
-                    ],
-                )
-            })
-            .await?;
+        let written = self.db.with_conn(move |c| write_shipped(c, order_id, &to, &tracking)).await?;
         if written == 0 {
+            self.stats.duplicate();
+        }
+        Ok(())
+    }
+
+    /// The bus path: the email and the message's inbox record commit together; a redelivery is skipped.
+    async fn send_shipped_once(&self, event: OrderShipped, ctx: &Context) -> anyhow::Result<()> {
+        let written =
+            self.db.once(ctx, move |tx| write_shipped(tx, event.order_id, &event.email, &event.tracking)).await?;
+        if written.is_none_or(|n| n == 0) {
             self.stats.duplicate();
         }
         Ok(())
@@ -105,13 +101,26 @@ impl Mailer {
     /// The bus consumer (queue `email`).
     pub(crate) fn consumers(&self, builder: BusBuilder) -> BusBuilder {
         let mailer = self.clone();
-        builder.consume(move |event: OrderShipped, _ctx: Context| {
+        builder.consume(move |event: OrderShipped, ctx: Context| {
             let mailer = mailer.clone();
-            async move {
-                mailer.send_shipped(event.order_id, event.email, event.tracking).await.map_err(HandlerError::transient)
-            }
+            async move { mailer.send_shipped_once(event, &ctx).await.map_err(HandlerError::transient) }
         })
     }
+}
+
+/// Writes the "on its way" email unless the order has one; returns the rows written (0 or 1).
+fn write_shipped(c: &rusqlite::Connection, order_id: Uuid, to: &str, tracking: &str) -> rusqlite::Result<usize> {
+    c.execute(
+        "INSERT OR IGNORE INTO emails (order_id, kind, recipient, subject, body, sent_at)
+         VALUES (?1, 'shipped', ?2, ?3, ?4, ?5)",
+        params![
+            order_id.to_string(),
+            to,
+            format!("Your order {} is on its way", &order_id.to_string()[..8]),
+            format!("Track it with {tracking}. Thank you for shopping with us."),
+            chrono::Utc::now().timestamp_millis()
+        ],
+    )
 }
 
 async fn create(State(mailer): State<Mailer>, Json(request): Json<EmailRequest>) -> Result<Json<bool>, Problem> {

@@ -1,5 +1,5 @@
 //! Shipping: creates one shipment per confirmed order. Consumes `OrderConfirmed` (queue `shipping`) through its
-//! inbox and publishes `OrderShipped`; in the sync chain, `POST /shipments` does the same over HTTP. While the
+//! inbox (the message id recorded in the shipment's own transaction) and publishes `OrderShipped`; in the sync chain, `POST /shipments` does the same over HTTP. While the
 //! [`Faults`](crate::Faults) say it is down, its API answers 503 and its consumer takes nothing (the messages wait).
 //!
 //! A shipment is keyed by order, so it is never made twice. `OrderShipped` is published after the shipment
@@ -55,27 +55,38 @@ impl Shipping {
         Ok(Self { db: store::open(dir, "shipping", SCHEMA).await?, faults, stats })
     }
 
-    /// Makes the order's shipment unless it exists; returns its tracking number.
+    /// Makes the order's shipment unless it exists (the HTTP path); returns its tracking number.
     async fn ship(&self, order_id: Uuid, email: String) -> anyhow::Result<String> {
-        let (tracking, made) = store::transaction(&self.db, move |tx| {
-            let id = order_id.to_string();
-            let existing: Option<String> =
-                tx.query_row("SELECT tracking FROM shipments WHERE order_id = ?1", [&id], |r| r.get(0)).optional()?;
-            if let Some(tracking) = existing {
-                return Ok((tracking, false));
-            }
-            let tracking = format!("TRK{}", &order_id.simple().to_string()[20..]).to_uppercase();
-            tx.execute(
-                "INSERT INTO shipments (order_id, email, tracking, shipped_at) VALUES (?1, ?2, ?3, ?4)",
-                params![id, email, tracking, chrono::Utc::now().timestamp_millis()],
-            )?;
-            Ok((tracking, true))
-        })
-        .await?;
+        let (tracking, made) = store::transaction(&self.db, move |tx| make_shipment(tx, order_id, &email)).await?;
         if !made {
             self.stats.duplicate();
         }
         Ok(tracking)
+    }
+
+    /// The bus path: the shipment and the message's inbox record commit together; a redelivered message is
+    /// skipped by the inbox, and its shipment's tracking number is read back so `OrderShipped` still goes out.
+    async fn ship_once(&self, event: &OrderConfirmed, ctx: &Context) -> anyhow::Result<String> {
+        let (order_id, email) = (event.order_id, event.email.clone());
+        let made = self.db.once(ctx, move |tx| make_shipment(tx, order_id, &email)).await?;
+        match made {
+            Some((tracking, made)) => {
+                if !made {
+                    self.stats.duplicate();
+                }
+                Ok(tracking)
+            }
+            None => {
+                self.stats.duplicate();
+                let id = order_id.to_string();
+                Ok(self
+                    .db
+                    .with_conn(move |c| {
+                        c.query_row("SELECT tracking FROM shipments WHERE order_id = ?1", [id], |r| r.get(0))
+                    })
+                    .await?)
+            }
+        }
     }
 
     pub(crate) fn router(&self) -> Router {
@@ -91,13 +102,28 @@ impl Shipping {
         builder.gate(self.faults.shipping_gate()).consume(move |event: OrderConfirmed, ctx: Context| {
             let shipping = shipping.clone();
             async move {
-                let tracking =
-                    shipping.ship(event.order_id, event.email.clone()).await.map_err(HandlerError::transient)?;
+                let tracking = shipping.ship_once(&event, &ctx).await.map_err(HandlerError::transient)?;
                 ctx.publish(OrderShipped { order_id: event.order_id, email: event.email, tracking }).await?;
                 Ok::<(), HandlerError>(())
             }
         })
     }
+}
+
+/// Makes the order's shipment unless it exists: `(tracking, made now)`.
+fn make_shipment(tx: &rusqlite::Connection, order_id: Uuid, email: &str) -> rusqlite::Result<(String, bool)> {
+    let id = order_id.to_string();
+    let existing: Option<String> =
+        tx.query_row("SELECT tracking FROM shipments WHERE order_id = ?1", [&id], |r| r.get(0)).optional()?;
+    if let Some(tracking) = existing {
+        return Ok((tracking, false));
+    }
+    let tracking = format!("TRK{}", &order_id.simple().to_string()[20..]).to_uppercase();
+    tx.execute(
+        "INSERT INTO shipments (order_id, email, tracking, shipped_at) VALUES (?1, ?2, ?3, ?4)",
+        params![id, email, tracking, chrono::Utc::now().timestamp_millis()],
+    )?;
+    Ok((tracking, true))
 }
 
 async fn create(
