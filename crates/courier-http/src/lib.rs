@@ -17,6 +17,8 @@
 //! | `client` | yes | [`client`] (reqwest with rustls on aws-lc-rs, courier-resilience) |
 //! | `server` | yes | [`server`] (axum, tower-http) |
 //! | `sqlite` | yes | `server::idempotency::SqliteIdempotencyStore` (through courier-sqlite's bundled rusqlite) |
+//! | `postgres` | yes | `server::idempotency::PostgresIdempotencyStore` (sqlx) |
+//! | `redis` | yes | `server::idempotency::RedisIdempotencyStore` (redis) |
 
 pub mod problem;
 pub mod trace;

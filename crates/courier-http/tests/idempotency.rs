@@ -137,3 +137,86 @@ async fn a_malformed_key_is_a_400_problem() {
     assert!(err.problem().unwrap().detail.as_deref().unwrap().contains("Idempotency-Key"));
     assert_eq!(state.count.load(Ordering::SeqCst), 0);
 }
+
+/// The store contract, on any store: one claim wins, a repeat replays, a release frees, a dead claim is taken over.
+async fn store_contract(store: Arc<dyn IdempotencyStore>, prefix: &str) {
+    use courier_http::server::idempotency::{Begin, StoredResponse};
+    let key = |k: &str| format!("{prefix}-{k}");
+    // Twenty concurrent claims for one key: exactly one wins.
+    let claims: Vec<_> = (0..20)
+        .map(|_| {
+            let (store, key) = (store.clone(), key("race"));
+            tokio::spawn(async move { store.begin(&key, Duration::from_secs(30)).await.unwrap() })
+        })
+        .collect();
+    let mut started = 0;
+    for claim in claims {
+        match claim.await.unwrap() {
+            Begin::Started => started += 1,
+            Begin::InProgress => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(started, 1, "exactly one concurrent claim wins");
+    let response = StoredResponse {
+        status: 201,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: bytes::Bytes::from_static(br#"{"charge":"ch_1"}"#),
+    };
+    store.complete(&key("race"), &response, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(store.begin(&key("race"), Duration::from_secs(30)).await.unwrap(), Begin::Completed(response));
+
+    assert_eq!(store.begin(&key("freed"), Duration::from_secs(30)).await.unwrap(), Begin::Started);
+    store.release(&key("freed")).await.unwrap();
+    assert_eq!(store.begin(&key("freed"), Duration::from_secs(30)).await.unwrap(), Begin::Started, "freed by release");
+
+    assert_eq!(store.begin(&key("dead"), Duration::from_millis(100)).await.unwrap(), Begin::Started);
+    assert_eq!(store.begin(&key("dead"), Duration::from_millis(100)).await.unwrap(), Begin::InProgress);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        store.begin(&key("dead"), Duration::from_millis(100)).await.unwrap(),
+        Begin::Started,
+        "a claim older than its lease is taken over"
+    );
+}
+
+#[tokio::test]
+async fn postgres_store_keeps_the_contract_and_replays_through_the_layer() {
+    use courier_http::server::idempotency::PostgresIdempotencyStore;
+    use courier_testkit::services::POSTGRES;
+    if !POSTGRES.require() {
+        return;
+    }
+    let table = format!("idem_test_{}", uuid::Uuid::new_v4().simple());
+    let store = PostgresIdempotencyStore::connect_table(&POSTGRES.url(), &table).await.expect("the store");
+    store_contract(Arc::new(store.clone()), "c").await;
+    repeat_returns_the_stored_response(Arc::new(store.clone())).await;
+    store.drop_table().await.expect("drop the test table");
+}
+
+#[tokio::test]
+async fn redis_store_keeps_the_contract_and_replays_through_the_layer() {
+    use courier_http::server::idempotency::RedisIdempotencyStore;
+    use courier_testkit::services::REDIS;
+    if !REDIS.require() {
+        return;
+    }
+    let prefix = format!("courier:idem-test:{}:", uuid::Uuid::new_v4().simple());
+    let store = RedisIdempotencyStore::connect_prefix(&REDIS.url(), &prefix).await.expect("the store");
+    store_contract(Arc::new(store.clone()), "c").await;
+    repeat_returns_the_stored_response(Arc::new(store)).await;
+    // Clean up this run's keys.
+    let client = redis::Client::open(REDIS.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await.unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(keys).query_async(&mut conn).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn memory_and_sqlite_stores_keep_the_contract() {
+    store_contract(Arc::new(MemoryIdempotencyStore::new()), "m").await;
+    let dir = tempfile::tempdir().unwrap();
+    store_contract(Arc::new(SqliteIdempotencyStore::open(dir.path().join("keys.db")).unwrap()), "s").await;
+}

@@ -24,6 +24,10 @@
 //!     .layer(IdempotencyLayer::new(Arc::new(MemoryIdempotencyStore::new())).wait(Duration::from_secs(2)));
 //! ```
 
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod store;
@@ -41,6 +45,10 @@ use futures::future::BoxFuture;
 use http::{HeaderName, HeaderValue, StatusCode};
 use tower::{Layer, Service};
 
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresIdempotencyStore;
+#[cfg(feature = "redis")]
+pub use redis::RedisIdempotencyStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteIdempotencyStore;
 pub use store::{Begin, IdempotencyStore, MemoryIdempotencyStore, StoreError, StoredResponse};
