@@ -121,8 +121,11 @@ impl StoreSql {
                 ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, until = excluded.until
                 WHERE {s}.outbox_lease.holder = excluded.holder OR {s}.outbox_lease.until < now()"),
             release_lease: s("DELETE FROM {s}.outbox_lease WHERE holder = $1"),
+            // `LIMIT (SELECT $1)` hides the limit from the planner, which then walks `outbox_unsent` in order and
+            // stops: with a plain `LIMIT $1` and stale statistics (a freshly filled or churning outbox) it picks a
+            // bitmap scan of every unsent row plus a sort, 30-100 ms per batch of 2,000 instead of under 1 ms.
             fetch_unsent: s("SELECT seq, destination, headers, body, deliver_at, created_at FROM {s}.outbox
-                WHERE sent_at IS NULL ORDER BY seq LIMIT $1"),
+                WHERE sent_at IS NULL ORDER BY seq LIMIT (SELECT $1)"),
             mark_sent: s("WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
                 UPDATE {s}.outbox SET sent_at = now() FROM relaxed WHERE seq = ANY($1) AND sent_at IS NULL"),
             delete_sent: s("WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
