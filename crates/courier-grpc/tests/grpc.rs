@@ -73,7 +73,7 @@ async fn serve(inventory: Scripted) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .layer(TraceContextLayer)
+            .layer(TraceContextLayer::new())
             .add_service(InventoryServer::new(inventory))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
             .await

@@ -356,7 +356,7 @@ impl Shop {
                 let mut stopped = shop.stop.subscribe();
                 shop.servers.push(tokio::spawn(async move {
                     let served = tonic::transport::Server::builder()
-                        .layer(courier_grpc::server::TraceContextLayer)
+                        .layer(courier_grpc::server::TraceContextLayer::new())
                         .add_service(courier_grpc::example::InventoryServer::new(inventory))
                         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(grpc), async move {
                             let _ = stopped.wait_for(|stop| *stop).await;
