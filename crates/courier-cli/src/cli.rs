@@ -250,9 +250,9 @@ pub(crate) enum ShopCommand {
 pub(crate) struct ShopRunArgs {
     /// The service: edge, orders, inventory, payments, shipping or email.
     pub(crate) service: String,
-    /// The directory of the service's SQLite database.
+    /// Where the service keeps its SQLite database: a directory, or sqlite://DIR.
     #[arg(long, value_name = "DIR", default_value = "./data/shop")]
-    pub(crate) db: std::path::PathBuf,
+    pub(crate) db: String,
     /// `hybrid` or `sync`.
     #[arg(long, default_value = "hybrid")]
     pub(crate) mode: String,

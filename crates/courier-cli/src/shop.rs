@@ -100,15 +100,31 @@ pub(crate) async fn run(engine_url: Option<&str>, command: &ShopCommand) -> anyh
     }
 }
 
+/// The data directory `--db` names: a path, or `sqlite://<path>`.
+fn data_dir(db: &str) -> anyhow::Result<PathBuf> {
+    if let Some(path) = db.strip_prefix("sqlite://") {
+        return Ok(PathBuf::from(path));
+    }
+    if let Some((scheme, _)) = db.split_once("://") {
+        bail!(
+            "--db {db:?}: the shop's services keep their databases in SQLite files for now; give a directory \
+             (or sqlite://DIR), not a {scheme} URL. The bus can still be any engine: --engine URL"
+        );
+    }
+    Ok(PathBuf::from(db))
+}
+
 async fn run_service(engine_url: Option<&str>, args: &ShopRunArgs) -> anyhow::Result<()> {
     let service = Service::from_name(&args.service)?;
-    let default_engine = format!("sqlite://{}", args.db.join("bus.db").display());
+    let db = data_dir(&args.db)?;
+    let mode = mode(&args.mode)?;
+    let default_engine = format!("sqlite://{}", db.join("bus.db").display());
     let engine = engine_url.map_or(default_engine, str::to_owned);
     let addresses = Addresses::defaults(&args.host);
     let listen = format!("{}:{}", args.host, service.default_port());
     let listener =
         tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let config = ShopConfig::new(&args.db, &engine, mode(&args.mode)?);
+    let config = ShopConfig::new(&db, &engine, mode);
     let grpc = if service == Service::Inventory {
         let listen = format!("{}:{}", args.host, courier_shop::INVENTORY_GRPC_PORT);
         Some(tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?)
@@ -119,7 +135,7 @@ async fn run_service(engine_url: Option<&str>, args: &ShopRunArgs) -> anyhow::Re
     output::line(format!(
         "{} listening on http://{listen} (bus: {engine}, data: {}); Ctrl-C stops it",
         service.name(),
-        args.db.display()
+        db.display()
     ))?;
     shop.run_until(async {
         let _ = tokio::signal::ctrl_c().await;

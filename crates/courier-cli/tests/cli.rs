@@ -84,6 +84,24 @@ fn bad_engine_urls_fail_naming_the_url() {
 }
 
 #[test]
+fn shop_and_demo_refuse_bad_settings_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, says) in [
+        (&["shop", "run", "warehouse"][..], "choose one of"),
+        (&["shop", "run", "orders", "--db", "postgres://x/y"], "SQLite files"),
+        (&["shop", "run", "orders", "--mode", "async"], "hybrid or sync"),
+        (&["demo", "--shipping-down", "0.7..0.2"], "FROM..TO"),
+        (&["demo", "--modes", "all"], "both, hybrid or sync"),
+    ] {
+        let out = courier(dir.path(), args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?} should say {says:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
 fn bad_arguments_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     for args in [
