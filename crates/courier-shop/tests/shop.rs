@@ -23,9 +23,15 @@ struct Running {
 
 async fn start(mode: Mode) -> Running {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let faults = Faults::none();
     let engine = format!("sqlite://{}", dir.path().join("bus.db").display());
-    let shop = Shop::start(ShopConfig::new(dir.path(), engine, mode).faults(faults.clone())).await.expect("the shop");
+    start_on(mode, dir, engine, "").await
+}
+
+/// The shop with its bus on `engine`, its queues prefixed by `namespace`.
+async fn start_on(mode: Mode, dir: tempfile::TempDir, engine: String, namespace: &str) -> Running {
+    let faults = Faults::none();
+    let config = ShopConfig::new(dir.path(), engine, mode).faults(faults.clone()).namespace(namespace);
+    let shop = Shop::start(config).await.expect("the shop");
     let client = |url: &str| HttpClient::builder(url).deadline(Duration::from_secs(10)).build().expect("a client");
     let (edge, shipping, email) =
         (client(&shop.addresses().edge), client(&shop.addresses().shipping), client(&shop.addresses().email));
@@ -249,4 +255,41 @@ async fn readiness_checks_each_service_and_the_edge_dependencies() {
     let shipping: serde_json::Value = shop.shipping.get("/health/ready").send_json().await.expect("ready");
     assert_eq!(shipping["checks"][0]["name"], "database", "{shipping}");
     shop.shop.shutdown().await;
+}
+
+/// The same hybrid flow with the bus on a real broker, in a namespace of its own that is deleted afterwards.
+async fn hybrid_on(engine: String) {
+    let namespace = format!("shoptest{}", &Uuid::now_v7().simple().to_string()[20..]);
+    let shop = start_on(Mode::Hybrid, tempfile::tempdir().unwrap(), engine.clone(), &namespace).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let card = if i == 4 { DECLINED_CARD } else { GOOD_CARD };
+        ids.push(shop.place(&order("crab-socks", card)).await.expect("accepted").order_id);
+    }
+    let statuses = shop.wait_final(&ids).await;
+    assert_eq!(statuses.iter().filter(|s| s.status == "Completed").count(), 9, "{statuses:?}");
+    shop.check_outcomes(&statuses).await;
+    shop.shop.shutdown().await;
+    let bus = courier::connect(&engine).await.expect("the broker");
+    for queue in bus.admin.queues().await.expect("the queues") {
+        if queue.name.starts_with(&namespace) {
+            let _ = bus.transport.delete_queue(&queue.name).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hybrid_on_rabbitmq() {
+    use courier_testkit::services::RABBITMQ;
+    if RABBITMQ.require() {
+        hybrid_on(RABBITMQ.url()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hybrid_on_nats() {
+    use courier_testkit::services::NATS;
+    if NATS.require() {
+        hybrid_on(NATS.url()).await;
+    }
 }
