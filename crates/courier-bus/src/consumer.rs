@@ -124,6 +124,7 @@ pub(crate) async fn run_endpoint(
             });
         }
     }
+    subscription.close().await;
     drop(subscription);
     for delivery in unstarted {
         release(&bus, &endpoint.queue, delivery).await;

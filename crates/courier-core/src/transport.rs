@@ -80,6 +80,11 @@ pub trait Subscription: Send + fmt::Debug {
     /// Cancel-safe: if the returned future is dropped, no message is lost (a message taken but not returned is
     /// released or redelivered after the visibility timeout).
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Delivery>>;
+
+    /// Stops taking messages, before the subscription is dropped: an engine that pushes messages ahead of
+    /// `next_batch` (a pull request in flight) puts back what is still arriving, so it is not left waiting for its
+    /// visibility timeout. The default does nothing.
+    async fn close(&mut self) {}
 }
 
 /// Settles one delivery with the engine. Implemented by engines; users call the methods on [`Delivery`].

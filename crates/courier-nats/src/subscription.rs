@@ -199,6 +199,27 @@ impl Subscription for NatsSubscription {
             }
         }
     }
+
+    async fn close(&mut self) {
+        // Messages the server already sent for the outstanding pull request keep arriving for a moment after the
+        // last take; collect them until the line is quiet, and put them back, instead of leaving them to ack_wait.
+        let Some(messages) = self.messages.as_mut() else { return };
+        let mut unclaimed = Vec::new();
+        while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_millis(50), messages.next()).await {
+            unclaimed.push(message);
+            if unclaimed.len() >= self.prefetch {
+                break;
+            }
+        }
+        self.messages = None;
+        for message in unclaimed {
+            let (_, prior) = headers::from_nats(message.headers.as_ref());
+            let delivered = message.info().map_or(1, |i| i.delivered.max(1) as u32);
+            if let Err(e) = put_back(&self.shared, &self.queue, &message, prior + delivered - 1).await {
+                tracing::debug!(error = %e, "could not put back a message at close");
+            }
+        }
+    }
 }
 
 /// Republishes a taken message to its queue as if untouched (its counted deliveries set to `deliveries`), then acks
