@@ -230,6 +230,10 @@ pub(crate) struct ShopDemoArgs {
     /// Which modes to run: `both`, `hybrid` or `sync`.
     #[arg(long, value_name = "MODES", default_value = "both")]
     pub(crate) modes: String,
+    /// The services' databases: a directory (a SQLite file per service in a subdirectory per mode; default
+    /// ./data/demo-<time>), or a postgres://USER@HOST/DB URL (a schema per service and mode).
+    #[arg(long, value_name = "DIR|URL")]
+    pub(crate) db: Option<String>,
     /// Where to write the HTML report [default: ./data/courier-demo-<time>.html].
     #[arg(long, value_name = "FILE")]
     pub(crate) report: Option<std::path::PathBuf>,
@@ -250,8 +254,9 @@ pub(crate) enum ShopCommand {
 pub(crate) struct ShopRunArgs {
     /// The service: edge, orders, inventory, payments, shipping or email.
     pub(crate) service: String,
-    /// Where the service keeps its SQLite database: a directory, or sqlite://DIR.
-    #[arg(long, value_name = "DIR", default_value = "./data/shop")]
+    /// Where the service keeps its database: a directory or sqlite://DIR (a SQLite file per service), or a
+    /// postgres://USER@HOST/DB URL (a schema per service, `shop_<service>`).
+    #[arg(long, value_name = "DIR|URL", default_value = "./data/shop")]
     pub(crate) db: String,
     /// `hybrid` or `sync`.
     #[arg(long, default_value = "hybrid")]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use courier_shop::demo::{DemoConfig, Progress};
-use courier_shop::{Addresses, Mode, Service, Shop, ShopConfig};
+use courier_shop::{Addresses, Databases, Mode, Service, Shop, ShopConfig};
 
 use crate::cli::{ShopCommand, ShopDemoArgs, ShopRunArgs};
 use crate::output;
@@ -45,9 +45,16 @@ fn mode(text: &str) -> anyhow::Result<Mode> {
 /// `courier demo`.
 pub(crate) async fn demo(engine_url: Option<&str>, args: &ShopDemoArgs) -> anyhow::Result<()> {
     let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
-    let data_dir = PathBuf::from(format!("./data/demo-{stamp}"));
+    let mut data_dir = PathBuf::from(format!("./data/demo-{stamp}"));
+    let mut database_url = None;
+    match args.db.as_deref().map(Databases::parse).transpose()? {
+        Some(Databases::Sqlite(dir)) => data_dir = dir,
+        Some(Databases::Postgres(url)) => database_url = Some(url),
+        None => {}
+    }
     let mut config = DemoConfig::new(&data_dir);
     config.engine_url = engine_url.map(str::to_owned);
+    config.database_url = database_url.clone();
     config.duration = Duration::from_secs(args.duration);
     config.rate = args.rate;
     config.shipping_down = window(&args.shipping_down, "shipping-down")?;
@@ -58,12 +65,15 @@ pub(crate) async fn demo(engine_url: Option<&str>, args: &ShopDemoArgs) -> anyho
 
     if !args.json {
         output::line(format!(
-            "The reference shop, {} orders/s for {} s per mode ({}), bus: {}; data in {}",
+            "The reference shop, {} orders/s for {} s per mode ({}), bus: {}; data: {}",
             args.rate,
             args.duration,
             config.modes.iter().map(ToString::to_string).collect::<Vec<_>>().join(" then "),
             engine_url.unwrap_or("a fresh SQLite file per mode"),
-            data_dir.display()
+            match database_url {
+                Some(url) => Databases::Postgres(url).to_string(),
+                None => format!("{} (a subdirectory per mode)", data_dir.display()),
+            }
         ))?;
     }
     let bar = output::progress(0, "", !args.json);
@@ -100,31 +110,20 @@ pub(crate) async fn run(engine_url: Option<&str>, command: &ShopCommand) -> anyh
     }
 }
 
-/// The data directory `--db` names: a path, or `sqlite://<path>`.
-fn data_dir(db: &str) -> anyhow::Result<PathBuf> {
-    if let Some(path) = db.strip_prefix("sqlite://") {
-        return Ok(PathBuf::from(path));
-    }
-    if let Some((scheme, _)) = db.split_once("://") {
-        bail!(
-            "--db {db:?}: the shop's services keep their databases in SQLite files for now; give a directory \
-             (or sqlite://DIR), not a {scheme} URL. The bus can still be any engine: --engine URL"
-        );
-    }
-    Ok(PathBuf::from(db))
-}
-
 async fn run_service(engine_url: Option<&str>, args: &ShopRunArgs) -> anyhow::Result<()> {
     let service = Service::from_name(&args.service)?;
-    let db = data_dir(&args.db)?;
+    let db = Databases::parse(&args.db).with_context(|| format!("--db {:?}", args.db))?;
     let mode = mode(&args.mode)?;
-    let default_engine = format!("sqlite://{}", db.join("bus.db").display());
-    let engine = engine_url.map_or(default_engine, str::to_owned);
+    let engine = match (engine_url, &db) {
+        (Some(url), _) => url.to_owned(),
+        (None, Databases::Sqlite(dir)) => format!("sqlite://{}", dir.join("bus.db").display()),
+        (None, Databases::Postgres(url)) => url.clone(),
+    };
     let addresses = Addresses::defaults(&args.host);
     let listen = format!("{}:{}", args.host, service.default_port());
     let listener =
         tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let config = ShopConfig::new(&db, &engine, mode);
+    let config = ShopConfig::new(db.clone(), &engine, mode);
     let grpc = if service == Service::Inventory {
         let listen = format!("{}:{}", args.host, courier_shop::INVENTORY_GRPC_PORT);
         Some(tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?)
@@ -133,9 +132,8 @@ async fn run_service(engine_url: Option<&str>, args: &ShopRunArgs) -> anyhow::Re
     };
     let shop = Shop::start_services(config, addresses, vec![(service, listener)], grpc).await?;
     output::line(format!(
-        "{} listening on http://{listen} (bus: {engine}, data: {}); Ctrl-C stops it",
-        service.name(),
-        db.display()
+        "{} listening on http://{listen} (bus: {engine}; data: {db}); Ctrl-C stops it",
+        service.name()
     ))?;
     shop.run_until(async {
         let _ = tokio::signal::ctrl_c().await;

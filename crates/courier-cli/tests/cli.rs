@@ -88,7 +88,8 @@ fn shop_and_demo_refuse_bad_settings_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     for (args, says) in [
         (&["shop", "run", "warehouse"][..], "choose one of"),
-        (&["shop", "run", "orders", "--db", "postgres://x/y"], "SQLite files"),
+        (&["shop", "run", "orders", "--db", "mysql://x/y"], "postgres://"),
+        (&["demo", "--db", "redis://x"], "sqlite://DIR"),
         (&["shop", "run", "orders", "--mode", "async"], "hybrid or sync"),
         (&["demo", "--shipping-down", "0.7..0.2"], "FROM..TO"),
         (&["demo", "--modes", "all"], "both, hybrid or sync"),

@@ -19,7 +19,7 @@ use courier_http::server::idempotency::REPLAYED;
 use serde::Serialize;
 
 use crate::messages::Line;
-use crate::{DECLINED_CARD, Faults, Mode, OrderStatus, PlaceOrder, Shop, ShopConfig};
+use crate::{DECLINED_CARD, Databases, Faults, Mode, OrderStatus, PlaceOrder, Shop, ShopConfig};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -28,6 +28,9 @@ pub struct DemoConfig {
     pub data_dir: PathBuf,
     /// The bus engine; `None`: a fresh SQLite file in each mode's directory.
     pub engine_url: Option<String>,
+    /// The services' databases on PostgreSQL (a schema per service and run, dropped after the run); `None`: SQLite
+    /// files in each mode's directory (kept).
+    pub database_url: Option<String>,
     /// How long orders are placed, per mode.
     pub duration: Duration,
     /// Orders placed a second.
@@ -51,6 +54,7 @@ impl DemoConfig {
         Self {
             data_dir: data_dir.into(),
             engine_url: None,
+            database_url: None,
             duration: Duration::from_secs(20),
             rate: 40,
             shipping_down: Some((0.25, 0.55)),
@@ -216,7 +220,12 @@ async fn run_mode(
     let faults = Faults::none();
     // A namespace per run: on a shared broker, queues left by an earlier run are never consumed by this one.
     let namespace = format!("demo{}", Uuid::now_v7().simple().to_string().get(..12).unwrap_or("x"));
-    let shop_config = ShopConfig::new(&dir, engine_url, mode).faults(faults.clone()).namespace(namespace);
+    let databases = match &config.database_url {
+        Some(url) => Databases::parse(url)?,
+        None => Databases::Sqlite(dir),
+    };
+    let shop_config =
+        ShopConfig::new(databases.clone(), engine_url, mode).faults(faults.clone()).namespace(namespace.clone());
     let shop = Shop::start(shop_config).await?;
     let edge = HttpClient::builder(&shop.addresses().edge).name("client").deadline(Duration::from_secs(3)).build()?;
     let orders = HttpClient::builder(&shop.addresses().orders).name("observer").build()?;
@@ -308,6 +317,8 @@ async fn run_mode(
     timeline.push(sample(&outcomes, &orders, started).await);
     let consumer_duplicates = shop.stats().duplicates_absorbed();
     shop.shutdown().await;
+    // A run's SQLite files stay in its directory; its PostgreSQL schemas would pile up in a shared database.
+    databases.drop_schemas(&namespace).await?;
 
     let o = outcomes.lock().unwrap_or_else(|p| p.into_inner());
     let latencies = sorted(o.latencies_ms.clone());

@@ -6,10 +6,9 @@
 //! HTTP: `POST /orders` (`{email, card, lines: [{sku, quantity}]}`), `GET /orders/{id}`, `GET /products`.
 //!
 //! A client that may retry sends `Idempotency-Key` with `POST /orders`: a repeat gets the first answer again
-//! (with `idempotent-replayed: true`) instead of placing a second order; keys are kept in the edge's SQLite
-//! database for a day.
+//! (with `idempotent-replayed: true`) instead of placing a second order; keys are kept in the edge's database
+//! (SQLite or PostgreSQL) for a day.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path as UrlPath, State};
@@ -19,7 +18,7 @@ use courier::prelude::*;
 use courier_grpc::client::{CircuitBreakerConfig as GrpcBreaker, ResilientChannel, RetryPolicy as GrpcRetry};
 use courier_grpc::example::{GET_STOCK, InventoryClient, StockRequest};
 use courier_http::client::{CircuitBreakerConfig, HttpClient, RetryPolicy};
-use courier_http::server::idempotency::{IdempotencyLayer, SqliteIdempotencyStore};
+use courier_http::server::idempotency::IdempotencyLayer;
 use courier_http::{HttpError, Problem};
 use http::StatusCode;
 
@@ -27,6 +26,7 @@ use crate::Addresses;
 use crate::inventory::Product;
 use crate::messages::Line;
 use crate::orders::{NewOrder, OrderStatus};
+use crate::store::Place;
 
 /// What a client sends to place an order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,11 +44,11 @@ pub(crate) struct Edge {
     inventory: HttpClient,
     stock: InventoryClient<ResilientChannel>,
     orders: HttpClient,
-    keys: Arc<SqliteIdempotencyStore>,
+    keys: IdempotencyLayer,
 }
 
 impl Edge {
-    pub(crate) fn new(dir: &std::path::Path, addresses: &Addresses) -> anyhow::Result<Self> {
+    pub(crate) async fn new(place: &Place, addresses: &Addresses) -> anyhow::Result<Self> {
         let inventory = HttpClient::builder(&addresses.inventory)
             .name("inventory")
             .deadline(Duration::from_millis(800))
@@ -68,14 +68,14 @@ impl Edge {
             .circuit_breaker(GrpcBreaker::failure_rate(0.5))
             .build()
             .map_err(|s| anyhow::anyhow!("the inventory gRPC channel: {}", s.message()))?;
-        let keys = Arc::new(SqliteIdempotencyStore::open(dir.join("edge-keys.db"))?);
+        let keys = IdempotencyLayer::new(place.idempotency_keys().await?).ttl(Duration::from_secs(24 * 3600));
         Ok(Self { inventory, stock: InventoryClient::new(channel), orders, keys })
     }
 
     pub(crate) fn router(&self) -> Router {
         Router::new()
             .route("/orders", post(place))
-            .layer(IdempotencyLayer::new(self.keys.clone()).ttl(Duration::from_secs(24 * 3600)))
+            .layer(self.keys.clone())
             .route("/orders/{order_id}", get(show))
             .route("/products", get(products))
             .with_state(self.clone())

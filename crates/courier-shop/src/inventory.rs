@@ -11,20 +11,34 @@ use std::sync::Arc;
 use axum::extract::{Path as UrlPath, State};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use courier::postgres::sqlx;
 use courier::prelude::*;
 use courier::{BusBuilder, HandlerError};
 use courier_http::Problem;
 use rusqlite::{OptionalExtension, params};
 
 use crate::messages::{Line, ReleaseStock, ReserveStock, StockRejected, StockReserved};
-use crate::store::{self, ServiceDb};
+use crate::store::{self, End, Place, ServiceDb};
 use crate::{Stats, catalog};
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS products (sku TEXT PRIMARY KEY, name TEXT NOT NULL, price_cents INTEGER NOT NULL,
-    available INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS reservations (order_id TEXT PRIMARY KEY, lines TEXT NOT NULL, reserved_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS products (sku TEXT PRIMARY KEY, name TEXT NOT NULL, price_cents BIGINT NOT NULL,
+    available BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS reservations (order_id TEXT PRIMARY KEY, lines TEXT NOT NULL, reserved_at BIGINT NOT NULL);
 ";
+const SEED: &str = "INSERT INTO products (sku, name, price_cents, available) VALUES ($1, $2, $3, $4)
+    ON CONFLICT (sku) DO NOTHING";
+const PRODUCTS: &str = "SELECT sku, name, price_cents, available FROM products ORDER BY sku";
+const PRODUCT: &str = "SELECT sku, name, price_cents, available FROM products WHERE sku = $1";
+/// Holds an order's reservation; no row for a repeat.
+const HOLD: &str = "INSERT INTO reservations (order_id, lines, reserved_at) VALUES ($1, $2, $3)
+    ON CONFLICT (order_id) DO NOTHING";
+/// Takes units if there are enough: no row otherwise (so concurrent reservations never oversell).
+const TAKE: &str = "UPDATE products SET available = available - $1 WHERE sku = $2 AND available >= $1";
+const AVAILABLE: &str = "SELECT available FROM products WHERE sku = $1";
+/// Ends an order's reservation, returning what it held (nothing for a repeat).
+const UNHOLD: &str = "DELETE FROM reservations WHERE order_id = $1 RETURNING lines";
+const PUT_BACK: &str = "UPDATE products SET available = available + $1 WHERE sku = $2";
 
 /// A product on sale.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,106 +77,124 @@ pub(crate) struct Inventory {
 }
 
 impl Inventory {
-    pub(crate) async fn open(dir: &std::path::Path, stats: Arc<Stats>) -> anyhow::Result<Self> {
-        let db = store::open(dir, "inventory", SCHEMA).await?;
-        store::transaction(&db, |tx| {
-            for (sku, name, price, available) in catalog::PRODUCTS {
-                tx.execute(
-                    "INSERT OR IGNORE INTO products (sku, name, price_cents, available) VALUES (?1, ?2, ?3, ?4)",
-                    params![sku, name, price as i64, available as i64],
-                )?;
+    pub(crate) async fn open(place: &Place, stats: Arc<Stats>) -> anyhow::Result<Self> {
+        let db = ServiceDb::open(place, SCHEMA).await?;
+        match &db {
+            ServiceDb::Sqlite(db) => {
+                store::sqlite_transaction(db, |tx| {
+                    for (sku, name, price, available) in catalog::PRODUCTS {
+                        tx.execute(SEED, params![sku, name, price as i64, available as i64])?;
+                    }
+                    Ok(End::Commit(()))
+                })
+                .await?
             }
-            Ok(())
-        })
-        .await?;
+            ServiceDb::Postgres(db) => {
+                let mut tx = db.pool().begin().await?;
+                for (sku, name, price, available) in catalog::PRODUCTS {
+                    let query = sqlx::query(SEED).bind(sku).bind(name).bind(price as i64).bind(available as i64);
+                    query.execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }
+        }
         Ok(Self { db, stats })
     }
 
     pub(crate) async fn products(&self) -> anyhow::Result<Vec<Product>> {
-        Ok(self
-            .db
-            .with_conn(|conn| {
-                let mut stmt = conn.prepare("SELECT sku, name, price_cents, available FROM products ORDER BY sku")?;
-                stmt.query_map([], product_row)?.collect()
-            })
-            .await?)
+        let rows: Vec<ProductRow> = match &self.db {
+            ServiceDb::Sqlite(db) => {
+                db.with_conn(|conn| conn.prepare(PRODUCTS)?.query_map([], product_row)?.collect()).await?
+            }
+            ServiceDb::Postgres(db) => sqlx::query_as(PRODUCTS).fetch_all(db.pool()).await?,
+        };
+        Ok(rows.into_iter().map(product).collect())
     }
 
     async fn product(&self, sku: String) -> anyhow::Result<Option<Product>> {
-        Ok(self
-            .db
-            .with_conn(move |conn| {
-                conn.query_row("SELECT sku, name, price_cents, available FROM products WHERE sku = ?1", [sku], |r| {
-                    product_row(r)
-                })
-                .optional()
-            })
-            .await?)
+        let row: Option<ProductRow> = match &self.db {
+            ServiceDb::Sqlite(db) => {
+                db.with_conn(move |conn| conn.query_row(PRODUCT, [sku], product_row).optional()).await?
+            }
+            ServiceDb::Postgres(db) => sqlx::query_as(PRODUCT).bind(sku).fetch_optional(db.pool()).await?,
+        };
+        Ok(row.map(product))
     }
 
-    /// Holds `lines` for `order_id`, all or nothing; a repeat for the same order changes nothing.
-    pub(crate) async fn reserve(&self, order_id: Uuid, lines: Vec<Line>) -> anyhow::Result<Reservation> {
-        let outcome = store::transaction(&self.db, move |tx| {
-            let id = order_id.to_string();
-            let held: Option<String> = tx
-                .query_row("SELECT order_id FROM reservations WHERE order_id = ?1", [&id], |r| r.get(0))
-                .optional()?;
-            if held.is_some() {
-                return Ok(Reservation::Reserved { repeat: true });
-            }
-            for line in &lines {
-                let available: Option<u64> = tx
-                    .query_row("SELECT available FROM products WHERE sku = ?1", [&line.sku], |r| r.get::<_, i64>(0))
-                    .optional()?
-                    .map(|n| n.max(0) as u64);
-                match available {
-                    None => return Ok(Reservation::Rejected { reason: format!("unknown product '{}'", line.sku) }),
-                    Some(n) if n < u64::from(line.quantity) => {
-                        return Ok(Reservation::Rejected {
-                            reason: format!("out of stock: '{}' has {n}, {} wanted", line.sku, line.quantity),
-                        });
+    /// Holds `lines` for `order_id`, all or nothing; a repeat for the same order changes nothing. Units are taken
+    /// by a conditional update, in SKU order, so concurrent reservations neither oversell nor deadlock.
+    pub(crate) async fn reserve(&self, order_id: Uuid, mut lines: Vec<Line>) -> anyhow::Result<Reservation> {
+        lines.sort_by(|a, b| a.sku.cmp(&b.sku));
+        let (id, json, now) =
+            (order_id.to_string(), serde_json::to_string(&lines)?, chrono::Utc::now().timestamp_millis());
+        let outcome = match &self.db {
+            ServiceDb::Sqlite(db) => {
+                store::sqlite_transaction(db, move |tx| {
+                    if tx.execute(HOLD, params![id, json, now])? == 0 {
+                        return Ok(End::Commit(Reservation::Reserved { repeat: true }));
                     }
-                    Some(_) => {}
+                    for line in &lines {
+                        if tx.execute(TAKE, params![i64::from(line.quantity), line.sku])? == 0 {
+                            let available = tx.query_row(AVAILABLE, [&line.sku], |r| r.get(0)).optional()?;
+                            return Ok(End::Rollback(shortfall(line, available)));
+                        }
+                    }
+                    Ok(End::Commit(Reservation::Reserved { repeat: false }))
+                })
+                .await?
+            }
+            ServiceDb::Postgres(db) => {
+                let mut tx = db.pool().begin().await?;
+                if sqlx::query(HOLD).bind(id).bind(json).bind(now).execute(&mut *tx).await?.rows_affected() == 0 {
+                    return Ok(self.repeat());
                 }
+                for line in &lines {
+                    let take = sqlx::query(TAKE).bind(i64::from(line.quantity)).bind(&line.sku);
+                    if take.execute(&mut *tx).await?.rows_affected() == 0 {
+                        let available = sqlx::query_scalar(AVAILABLE).bind(&line.sku).fetch_optional(&mut *tx).await?;
+                        tx.rollback().await?;
+                        return Ok(shortfall(line, available));
+                    }
+                }
+                tx.commit().await?;
+                Reservation::Reserved { repeat: false }
             }
-            for line in &lines {
-                tx.execute(
-                    "UPDATE products SET available = available - ?1 WHERE sku = ?2",
-                    params![line.quantity, line.sku],
-                )?;
-            }
-            let json = serde_json::to_string(&lines).unwrap_or_default();
-            tx.execute(
-                "INSERT INTO reservations (order_id, lines, reserved_at) VALUES (?1, ?2, ?3)",
-                params![id, json, chrono::Utc::now().timestamp_millis()],
-            )?;
-            Ok(Reservation::Reserved { repeat: false })
-        })
-        .await?;
-        if outcome == (Reservation::Reserved { repeat: true }) {
-            self.stats.duplicate();
-        }
-        Ok(outcome)
+        };
+        Ok(if outcome == (Reservation::Reserved { repeat: true }) { self.repeat() } else { outcome })
+    }
+
+    /// A repeated reservation: counted as a duplicate absorbed.
+    fn repeat(&self) -> Reservation {
+        self.stats.duplicate();
+        Reservation::Reserved { repeat: true }
     }
 
     /// Gives back what was held for `order_id`, if anything (a repeat changes nothing).
     pub(crate) async fn release(&self, order_id: Uuid) -> anyhow::Result<bool> {
-        store::transaction(&self.db, move |tx| {
-            let id = order_id.to_string();
-            let lines: Option<String> =
-                tx.query_row("SELECT lines FROM reservations WHERE order_id = ?1", [&id], |r| r.get(0)).optional()?;
-            let Some(lines) = lines else { return Ok(false) };
-            let lines: Vec<Line> = serde_json::from_str(&lines).unwrap_or_default();
-            for line in lines {
-                tx.execute(
-                    "UPDATE products SET available = available + ?1 WHERE sku = ?2",
-                    params![line.quantity, line.sku],
-                )?;
+        let id = order_id.to_string();
+        match &self.db {
+            ServiceDb::Sqlite(db) => {
+                store::sqlite_transaction(db, move |tx| {
+                    let held: Option<String> = tx.query_row(UNHOLD, [&id], |r| r.get(0)).optional()?;
+                    let Some(held) = held else { return Ok(End::Commit(false)) };
+                    for line in serde_json::from_str::<Vec<Line>>(&held).unwrap_or_default() {
+                        tx.execute(PUT_BACK, params![i64::from(line.quantity), line.sku])?;
+                    }
+                    Ok(End::Commit(true))
+                })
+                .await
             }
-            tx.execute("DELETE FROM reservations WHERE order_id = ?1", [&id])?;
-            Ok(true)
-        })
-        .await
+            ServiceDb::Postgres(db) => {
+                let mut tx = db.pool().begin().await?;
+                let held: Option<String> = sqlx::query_scalar(UNHOLD).bind(id).fetch_optional(&mut *tx).await?;
+                let Some(held) = held else { return Ok(false) };
+                for line in serde_json::from_str::<Vec<Line>>(&held).unwrap_or_default() {
+                    sqlx::query(PUT_BACK).bind(i64::from(line.quantity)).bind(line.sku).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+        }
     }
 
     /// The HTTP API.
@@ -221,9 +253,24 @@ impl courier_grpc::example::Inventory for Inventory {
     }
 }
 
-fn product_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Product> {
-    let number = |i: usize| r.get::<_, i64>(i).map(|n| n.max(0) as u64);
-    Ok(Product { sku: r.get(0)?, name: r.get(1)?, price_cents: number(2)?, available: number(3)? })
+/// `sku, name, price_cents, available` as both stores read it.
+type ProductRow = (String, String, i64, i64);
+
+fn product_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ProductRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+fn product((sku, name, price_cents, available): ProductRow) -> Product {
+    Product { sku, name, price_cents: price_cents.max(0) as u64, available: available.max(0) as u64 }
+}
+
+/// Why `line` cannot be held, given what its product has (`None`: no such product).
+fn shortfall(line: &Line, available: Option<i64>) -> Reservation {
+    let reason = match available {
+        None => format!("unknown product '{}'", line.sku),
+        Some(n) => format!("out of stock: '{}' has {}, {} wanted", line.sku, n.max(0), line.quantity),
+    };
+    Reservation::Rejected { reason }
 }
 
 fn internal(e: anyhow::Error) -> Problem {

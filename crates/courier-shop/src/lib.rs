@@ -16,16 +16,19 @@
 //!
 //! Sync where the caller needs the answer now (the client placing an order, the stock check, the card charge);
 //! async between internal services, so a service that is down delays work instead of failing it. Every service
-//! has its own SQLite database in the data directory; the bus engine is chosen by URL.
+//! has its own database ([`Databases`]: a SQLite file each in a directory, or a schema each in PostgreSQL), which
+//! also holds its inbox (and for orders its outbox and sagas); the bus engine is chosen by URL.
 //!
 //! [`Mode::SyncChain`] runs the same shop as a chain of HTTP calls instead (orders calls inventory, payments,
 //! shipping and email and waits), for the comparison `courier demo` makes.
 //!
 //! ```no_run
-//! use courier_shop::{Mode, Shop, ShopConfig};
+//! use courier_shop::{Databases, Mode, Shop, ShopConfig};
 //!
 //! # #[tokio::main] async fn main() -> anyhow::Result<()> {
-//! let shop = Shop::start(ShopConfig::new("./data/shop", "sqlite://./data/shop/bus.db", Mode::Hybrid)).await?;
+//! // A SQLite file per service in ./data/shop; `Databases::parse("postgres://...")`: a schema each in PostgreSQL.
+//! let databases = Databases::parse("./data/shop")?;
+//! let shop = Shop::start(ShopConfig::new(databases, "sqlite://./data/shop/bus.db", Mode::Hybrid)).await?;
 //! println!("the shop's API: {}/orders", shop.addresses().edge);
 //! shop.shutdown().await;
 //! # Ok(()) }
@@ -46,12 +49,11 @@ mod payments;
 mod shipping;
 mod store;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use courier::{Bus, Engine, OutboxRelay, RelayHandle, Retry};
+use courier::{Bus, Engine, RelayHandle, Retry};
 use courier_http::server::{Edge as EdgeLayers, HealthChecks, health};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -64,6 +66,9 @@ pub use inventory::{Product, Reservation};
 pub use orders::{Fulfilment, NewOrder, OrderStatus, PAYMENT_WORKER, SAGA};
 pub use payments::{Charge, ChargeRequest, DECLINED_CARD, RefundRequest};
 pub use shipping::{Shipment, ShipmentRequest};
+pub use store::Databases;
+
+use store::Place;
 
 /// How orders are fulfilled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -213,7 +218,7 @@ impl Stats {
 #[derive(Debug, Clone)]
 pub struct ShopConfig {
     /// Where the services' databases go (created if missing).
-    pub data_dir: PathBuf,
+    pub databases: Databases,
     /// The bus engine's URL (`sqlite://...`, `amqp://...`, `nats://...`, `redis://...`, `postgres://...`).
     pub engine_url: String,
     /// How orders are fulfilled.
@@ -225,10 +230,10 @@ pub struct ShopConfig {
 }
 
 impl ShopConfig {
-    /// A configuration with no faults.
-    pub fn new(data_dir: impl Into<PathBuf>, engine_url: impl Into<String>, mode: Mode) -> Self {
+    /// A configuration with no faults. `databases`: a directory (a SQLite file per service) or [`Databases`].
+    pub fn new(databases: impl Into<Databases>, engine_url: impl Into<String>, mode: Mode) -> Self {
         Self {
-            data_dir: data_dir.into(),
+            databases: databases.into(),
             engine_url: engine_url.into(),
             mode,
             faults: Faults::none(),
@@ -267,22 +272,13 @@ pub struct Shop {
 
 /// What `/health/ready` checks: the service's database answers a query; the edge also needs inventory and orders
 /// to be live.
-fn readiness(service: Service, dir: &Path, addresses: &Addresses) -> anyhow::Result<HealthChecks> {
+fn readiness(service: Service, place: &Place, addresses: &Addresses) -> anyhow::Result<HealthChecks> {
     let mut checks = HealthChecks::new().timeout(Duration::from_secs(2));
     if service != Service::Edge {
-        let path = dir.join(format!("{}.db", service.name()));
+        let place = place.clone();
         checks = checks.check("database", move || {
-            let path = path.clone();
-            async move {
-                tokio::task::spawn_blocking(move || {
-                    let conn = rusqlite::Connection::open(&path)?;
-                    conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
-                })
-                .await
-                .map_err(|e| e.to_string())?
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-            }
+            let place = place.clone();
+            async move { place.ping().await }
         });
     } else {
         for dependency in [Service::Inventory, Service::Orders] {
@@ -335,8 +331,7 @@ impl Shop {
         services: Vec<(Service, TcpListener)>,
         mut inventory_grpc: Option<TcpListener>,
     ) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir)?;
-        let dir = config.data_dir.as_path();
+        config.databases.prepare()?;
         let engine = courier::connect(&config.engine_url).await?;
         let stats = Arc::new(Stats::default());
         let (stop, _) = watch::channel(false);
@@ -352,7 +347,8 @@ impl Shop {
             if service == Service::Inventory
                 && let Some(grpc) = inventory_grpc.take()
             {
-                let inventory = inventory::Inventory::open(dir, stats.clone()).await?;
+                let place = Place::of(&config.databases, &config.namespace, service.name()).await?;
+                let inventory = inventory::Inventory::open(&place, stats.clone()).await?;
                 let mut stopped = shop.stop.subscribe();
                 shop.servers.push(tokio::spawn(async move {
                     let served = tonic::transport::Server::builder()
@@ -367,8 +363,9 @@ impl Shop {
                     }
                 }));
             }
-            let router = shop.start_service(service, &config, dir, &engine).await?;
-            let checks = readiness(service, dir, &addresses)?;
+            let place = Place::of(&config.databases, &config.namespace, service.name()).await?;
+            let router = shop.start_service(service, &config, &place, &engine).await?;
+            let checks = readiness(service, &place, &addresses)?;
             let app = EdgeLayers::new().apply(router.merge(health::router(checks)));
             let mut stopped = shop.stop.subscribe();
             let signal = async move {
@@ -389,45 +386,45 @@ impl Shop {
         &mut self,
         service: Service,
         config: &ShopConfig,
-        dir: &Path,
+        place: &Place,
         engine: &Engine,
     ) -> anyhow::Result<axum::Router> {
         let bus = |name: &str| Bus::builder(config.queue(name)).engine_instance(engine.clone()).retry(retry());
         let hybrid = config.mode == Mode::Hybrid;
         Ok(match service {
-            Service::Edge => edge::Edge::new(dir, &self.addresses)?.router(),
+            Service::Edge => edge::Edge::new(place, &self.addresses).await?.router(),
             Service::Orders => {
                 let queues = orders::Queues {
                     inventory: config.queue(Service::Inventory.name()),
                     payment_worker: config.queue(orders::PAYMENT_WORKER),
                 };
-                let orders = orders::Orders::open(dir, config.mode, &self.addresses, queues).await?;
+                let orders = orders::Orders::open(place, config.mode, &self.addresses, queues).await?;
                 if hybrid {
                     let saga = orders.saga_consumers(bus("orders")).start().await?;
                     let worker = orders.payment_worker(bus(orders::PAYMENT_WORKER)).concurrency(16).start().await?;
-                    let relay = OutboxRelay::new(orders.outbox().clone(), saga.clone()).start();
+                    let relay = orders.relay(saga.clone()).start();
                     self.buses.extend([saga, worker]);
                     self.relay = Some(relay);
                 }
                 orders.router()
             }
             Service::Inventory => {
-                let inventory = inventory::Inventory::open(dir, self.stats.clone()).await?;
+                let inventory = inventory::Inventory::open(place, self.stats.clone()).await?;
                 if hybrid {
                     self.buses.push(inventory.consumers(bus("inventory")).start().await?);
                 }
                 inventory.router()
             }
-            Service::Payments => payments::Payments::open(dir, config.faults.clone()).await?.router(),
+            Service::Payments => payments::Payments::open(place, config.faults.clone()).await?.router(),
             Service::Shipping => {
-                let shipping = shipping::Shipping::open(dir, config.faults.clone(), self.stats.clone()).await?;
+                let shipping = shipping::Shipping::open(place, config.faults.clone(), self.stats.clone()).await?;
                 if hybrid {
                     self.buses.push(shipping.consumers(bus("shipping")).start().await?);
                 }
                 shipping.router()
             }
             Service::Email => {
-                let mailer = email::Mailer::open(dir, self.stats.clone()).await?;
+                let mailer = email::Mailer::open(place, self.stats.clone()).await?;
                 if hybrid {
                     self.buses.push(mailer.consumers(bus("email")).start().await?);
                 }

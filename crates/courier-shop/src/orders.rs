@@ -17,10 +17,12 @@ use std::time::Duration;
 use axum::extract::{Path as UrlPath, State};
 use axum::routing::get;
 use axum::{Json, Router};
+use courier::postgres::sqlx;
+use courier::postgres::{PgOutbox, PgSagaStore};
 use courier::prelude::*;
 use courier::saga::{Actions, Saga, SagaState};
 use courier::sqlite::{SqliteOutbox, SqliteSagaStore};
-use courier::{BusBuilder, HandlerError, SagaStore};
+use courier::{BusBuilder, HandlerError, OutboxRelay, SagaStore};
 use courier_http::client::{CircuitBreakerConfig, HttpClient, RetryPolicy, Window};
 use courier_http::{HttpError, Problem};
 use http::StatusCode;
@@ -30,6 +32,7 @@ use crate::email::EmailRequest;
 use crate::messages::*;
 use crate::payments::{Charge, ChargeRequest, RefundRequest};
 use crate::shipping::{Shipment, ShipmentRequest};
+use crate::store::Place;
 use crate::{Addresses, Mode};
 
 /// The saga's stored name.
@@ -39,8 +42,17 @@ pub const PAYMENT_WORKER: &str = "orders-payments";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, email TEXT NOT NULL, lines TEXT NOT NULL,
-    total_cents INTEGER NOT NULL, card TEXT NOT NULL, status TEXT NOT NULL, reason TEXT, placed_at INTEGER NOT NULL);
+    total_cents BIGINT NOT NULL, card TEXT NOT NULL, status TEXT NOT NULL, reason TEXT, placed_at BIGINT NOT NULL);
 ";
+/// Saves a new order (no row if it exists: a retried request is the same order).
+const PLACE: &str = "INSERT INTO orders (id, email, lines, total_cents, card, status, placed_at)
+    VALUES ($1, $2, $3, $4, $5, 'Placed', $6) ON CONFLICT (id) DO NOTHING";
+/// Saves an order's end in the sync chain.
+const SAVE_FINAL: &str = "INSERT INTO orders (id, email, lines, total_cents, card, status, reason, placed_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    ON CONFLICT (id) DO UPDATE SET status = excluded.status, reason = excluded.reason";
+const STATUS: &str = "SELECT status, reason FROM orders WHERE id = $1";
+const STATUSES: &str = "SELECT id, status FROM orders";
 
 /// What the edge sends to place an order (already validated and priced there).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,7 +133,7 @@ pub(crate) struct Queues {
 }
 
 /// The saga: each transition records a fact and sends what comes next.
-fn fulfilment(store: SqliteSagaStore, queues: Queues) -> Saga<Fulfilment> {
+fn fulfilment(store: impl SagaStore, queues: Queues) -> Saga<Fulfilment> {
     let (reserve_to, release_to, charge_to) =
         (queues.inventory.clone(), queues.inventory.clone(), queues.payment_worker.clone());
     Saga::<Fulfilment>::new(SAGA, store)
@@ -179,11 +191,126 @@ fn fulfilment(store: SqliteSagaStore, queues: Queues) -> Saga<Fulfilment> {
         )
 }
 
+/// The orders database: orders, the outbox and the sagas, in one SQLite file or one PostgreSQL schema.
+#[derive(Debug, Clone)]
+enum OrdersDb {
+    Sqlite { outbox: SqliteOutbox, sagas: SqliteSagaStore },
+    Postgres { outbox: PgOutbox, sagas: PgSagaStore },
+}
+
+impl OrdersDb {
+    async fn open(place: &Place) -> anyhow::Result<Self> {
+        Ok(match place {
+            Place::Sqlite(path) => {
+                let outbox = SqliteOutbox::open(path, "orders").await?;
+                outbox.transaction(|tx| tx.execute_batch(SCHEMA)).await?;
+                let sagas = SqliteSagaStore::open(&outbox).await?;
+                Self::Sqlite { outbox, sagas }
+            }
+            Place::Postgres { pool, schema } => {
+                let outbox = PgOutbox::with_pool(pool.clone(), schema, "orders").await?;
+                sqlx::raw_sql(SCHEMA).execute(pool).await?;
+                let sagas = PgSagaStore::new(&outbox);
+                Self::Postgres { outbox, sagas }
+            }
+        })
+    }
+
+    fn sagas(&self) -> &dyn SagaStore {
+        match self {
+            Self::Sqlite { sagas, .. } => sagas,
+            Self::Postgres { sagas, .. } => sagas,
+        }
+    }
+
+    /// Saves a new order and, if it is new, its `OrderPlaced` in the same transaction; `true` if it was new.
+    async fn place(&self, order: NewOrder) -> anyhow::Result<bool> {
+        let (id, lines) = (order.order_id.to_string(), serde_json::to_string(&order.lines)?);
+        let (total, now) = (i64::try_from(order.total_cents)?, chrono::Utc::now().timestamp_millis());
+        let event = OrderPlaced {
+            order_id: order.order_id,
+            email: order.email,
+            lines: order.lines,
+            total_cents: order.total_cents,
+            card: order.card,
+        };
+        match self {
+            Self::Sqlite { outbox, .. } => Ok(outbox
+                .transaction(move |tx| {
+                    let params = params![id, event.email, lines, total, event.card, now];
+                    let inserted = tx.execute(PLACE, params)? == 1;
+                    if inserted {
+                        tx.publish(&event).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                    }
+                    Ok::<_, rusqlite::Error>(inserted)
+                })
+                .await?),
+            Self::Postgres { outbox, .. } => {
+                let mut tx = outbox.begin().await?;
+                let place = sqlx::query(PLACE).bind(id).bind(&event.email).bind(lines).bind(total).bind(&event.card);
+                let inserted = place.bind(now).execute(&mut **tx).await?.rows_affected() == 1;
+                if inserted {
+                    tx.publish(&event).await?;
+                }
+                tx.commit().await?;
+                Ok(inserted)
+            }
+        }
+    }
+
+    /// Saves the end of a sync-chain order.
+    async fn save_final(&self, order: NewOrder, status: &'static str, reason: Option<String>) -> anyhow::Result<()> {
+        let (id, lines) = (order.order_id.to_string(), serde_json::to_string(&order.lines)?);
+        let (total, now) = (i64::try_from(order.total_cents)?, chrono::Utc::now().timestamp_millis());
+        match self {
+            Self::Sqlite { outbox, .. } => {
+                outbox
+                    .transaction(move |tx| {
+                        tx.execute(SAVE_FINAL, params![id, order.email, lines, total, order.card, status, reason, now])
+                    })
+                    .await?;
+            }
+            Self::Postgres { outbox, .. } => {
+                let save = sqlx::query(SAVE_FINAL).bind(id).bind(order.email).bind(lines).bind(total);
+                save.bind(order.card).bind(status).bind(reason).bind(now).execute(outbox.pool()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The orders table's status and reason of an order.
+    async fn status(&self, order_id: Uuid) -> anyhow::Result<Option<(String, Option<String>)>> {
+        let id = order_id.to_string();
+        Ok(match self {
+            Self::Sqlite { outbox, .. } => {
+                outbox
+                    .transaction(move |tx| tx.query_row(STATUS, [id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+                    .await?
+            }
+            Self::Postgres { outbox, .. } => sqlx::query_as(STATUS).bind(id).fetch_optional(outbox.pool()).await?,
+        })
+    }
+
+    /// Every order's id and status as the orders table has it.
+    async fn statuses(&self) -> anyhow::Result<Vec<(String, String)>> {
+        Ok(match self {
+            Self::Sqlite { outbox, .. } => {
+                outbox
+                    .transaction(|tx| {
+                        let mut stmt = tx.prepare(STATUSES)?;
+                        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()
+                    })
+                    .await?
+            }
+            Self::Postgres { outbox, .. } => sqlx::query_as(STATUSES).fetch_all(outbox.pool()).await?,
+        })
+    }
+}
+
 /// The orders service.
 #[derive(Debug, Clone)]
 pub(crate) struct Orders {
-    outbox: SqliteOutbox,
-    sagas: SqliteSagaStore,
+    db: OrdersDb,
     queues: Queues,
     mode: Mode,
     inventory: HttpClient,
@@ -193,15 +320,8 @@ pub(crate) struct Orders {
 }
 
 impl Orders {
-    pub(crate) async fn open(
-        dir: &std::path::Path,
-        mode: Mode,
-        addresses: &Addresses,
-        queues: Queues,
-    ) -> anyhow::Result<Self> {
-        let outbox = SqliteOutbox::open(dir.join("orders.db"), "orders").await?;
-        outbox.transaction(|tx| tx.execute_batch(SCHEMA)).await?;
-        let sagas = SqliteSagaStore::open(&outbox).await?;
+    pub(crate) async fn open(place: &Place, mode: Mode, addresses: &Addresses, queues: Queues) -> anyhow::Result<Self> {
+        let db = OrdersDb::open(place).await?;
         let call = |url: &str, deadline_ms: u64| {
             HttpClient::builder(url)
                 .deadline(Duration::from_millis(deadline_ms))
@@ -224,8 +344,7 @@ impl Orders {
             )
             .build()?;
         Ok(Self {
-            outbox,
-            sagas,
+            db,
             queues,
             mode,
             inventory: call(&addresses.inventory, 1000)?,
@@ -235,13 +354,21 @@ impl Orders {
         })
     }
 
-    pub(crate) fn outbox(&self) -> &SqliteOutbox {
-        &self.outbox
+    /// The relay that publishes what the outbox holds through `bus`.
+    pub(crate) fn relay(&self, bus: Bus) -> OutboxRelay {
+        match &self.db {
+            OrdersDb::Sqlite { outbox, .. } => OutboxRelay::new(outbox.clone(), bus),
+            OrdersDb::Postgres { outbox, .. } => OutboxRelay::new(outbox.clone(), bus),
+        }
     }
 
     /// The saga and its bus consumers (queue `orders`).
     pub(crate) fn saga_consumers(&self, builder: BusBuilder) -> BusBuilder {
-        fulfilment(self.sagas.clone(), self.queues.clone()).attach(builder)
+        let queues = self.queues.clone();
+        match &self.db {
+            OrdersDb::Sqlite { sagas, .. } => fulfilment(sagas.clone(), queues).attach(builder),
+            OrdersDb::Postgres { sagas, .. } => fulfilment(sagas.clone(), queues).attach(builder),
+        }
     }
 
     /// The payment worker (queue `orders-payments`): charges through the payments API, paused while its breaker
@@ -281,37 +408,8 @@ impl Orders {
 
     async fn place_hybrid(&self, order: NewOrder) -> Result<(StatusCode, OrderStatus), Problem> {
         let order_id = order.order_id;
-        let inserted = self
-            .outbox
-            .transaction(move |tx| {
-                let lines = serde_json::to_string(&order.lines).unwrap_or_default();
-                let inserted = tx.execute(
-                    "INSERT OR IGNORE INTO orders (id, email, lines, total_cents, card, status, placed_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'Placed', ?6)",
-                    params![
-                        order_id.to_string(),
-                        order.email,
-                        lines,
-                        order.total_cents as i64,
-                        order.card,
-                        chrono::Utc::now().timestamp_millis()
-                    ],
-                )?;
-                if inserted == 1 {
-                    let event = OrderPlaced {
-                        order_id,
-                        email: order.email,
-                        lines: order.lines,
-                        total_cents: order.total_cents,
-                        card: order.card,
-                    };
-                    tx.publish(&event).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-                }
-                Ok::<_, rusqlite::Error>(inserted)
-            })
-            .await
-            .map_err(|e| Problem::internal(format!("orders database: {e}")))?;
-        let status = if inserted == 1 { StatusCode::ACCEPTED } else { StatusCode::OK };
+        let inserted = self.db.place(order).await.map_err(|e| Problem::internal(format!("orders database: {e}")))?;
+        let status = if inserted { StatusCode::ACCEPTED } else { StatusCode::OK };
         Ok((
             status,
             self.status(order_id).await?.unwrap_or(OrderStatus { order_id, status: "Placed".into(), reason: None }),
@@ -373,25 +471,8 @@ impl Orders {
         status: &'static str,
         reason: Option<String>,
     ) -> Result<(StatusCode, OrderStatus), Problem> {
-        let order = order.clone();
-        let saved_reason = reason.clone();
-        self.outbox
-            .transaction(move |tx| {
-                tx.execute(
-                    "INSERT OR REPLACE INTO orders (id, email, lines, total_cents, card, status, reason, placed_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![
-                        order.order_id.to_string(),
-                        order.email,
-                        serde_json::to_string(&order.lines).unwrap_or_default(),
-                        order.total_cents as i64,
-                        order.card,
-                        status,
-                        saved_reason,
-                        chrono::Utc::now().timestamp_millis()
-                    ],
-                )
-            })
+        self.db
+            .save_final(order.clone(), status, reason.clone())
             .await
             .map_err(|e| Problem::internal(format!("orders database: {e}")))?;
         Ok((StatusCode::CREATED, OrderStatus { order_id: order.order_id, status: status.into(), reason }))
@@ -399,39 +480,25 @@ impl Orders {
 
     /// The order's status: the saga's, else the orders table's; `None` if there is no such order.
     pub(crate) async fn status(&self, order_id: Uuid) -> Result<Option<OrderStatus>, Problem> {
-        let db = |e: courier::Error| Problem::internal(format!("orders database: {e}"));
-        if let Some(record) = self.sagas.load(SAGA, &order_id.to_string()).await.map_err(db)? {
+        let db = |e: anyhow::Error| Problem::internal(format!("orders database: {e}"));
+        if let Some(record) = self.db.sagas().load(SAGA, &order_id.to_string()).await.map_err(|e| db(e.into()))? {
             let state: Fulfilment = serde_json::from_str(&record.state).unwrap_or_default();
             return Ok(Some(OrderStatus { order_id, status: state.status(), reason: state.cancelled }));
         }
-        let id = order_id.to_string();
-        let row: Option<(String, Option<String>)> = self
-            .outbox
-            .transaction(move |tx| {
-                tx.query_row("SELECT status, reason FROM orders WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
-            })
-            .await
-            .map_err(db)?;
+        let row = self.db.status(order_id).await.map_err(db)?;
         Ok(row.map(|(status, reason)| OrderStatus { order_id, status, reason }))
     }
 
     /// Orders by status (the saga's status where it has one).
     pub(crate) async fn counts(&self) -> anyhow::Result<BTreeMap<String, u64>> {
         let mut counts = BTreeMap::new();
-        let records = self.sagas.list(Some(SAGA), usize::MAX / 2).await?;
+        let records = self.db.sagas().list(Some(SAGA), usize::MAX / 2).await?;
         let mut in_saga = std::collections::HashSet::new();
         for record in records {
             in_saga.insert(record.id);
             *counts.entry(record.status).or_insert(0) += 1;
         }
-        let rows: Vec<(String, String)> = self
-            .outbox
-            .transaction(|tx| {
-                let mut stmt = tx.prepare("SELECT id, status FROM orders")?;
-                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .await?;
+        let rows = self.db.statuses().await?;
         for (id, status) in rows {
             if !in_saga.contains(&id) {
                 *counts.entry(status).or_insert(0) += 1;

@@ -11,19 +11,24 @@ use std::sync::Arc;
 use axum::extract::{Path as UrlPath, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use courier::postgres::sqlx::{self, PgConnection};
 use courier::prelude::*;
 use courier::{BusBuilder, HandlerError};
 use courier_http::Problem;
 use rusqlite::{OptionalExtension, params};
 
 use crate::messages::{OrderConfirmed, OrderShipped};
-use crate::store::{self, ServiceDb};
+use crate::store::{Place, ServiceDb};
 use crate::{Faults, Stats};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS shipments (order_id TEXT PRIMARY KEY, email TEXT NOT NULL, tracking TEXT NOT NULL,
-    shipped_at INTEGER NOT NULL);
+    shipped_at BIGINT NOT NULL);
 ";
+/// Makes a shipment unless the order has one (no row then).
+const SHIP: &str = "INSERT INTO shipments (order_id, email, tracking, shipped_at) VALUES ($1, $2, $3, $4)
+    ON CONFLICT (order_id) DO NOTHING";
+const TRACKING: &str = "SELECT tracking FROM shipments WHERE order_id = $1";
 
 /// `POST /shipments` body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,13 +56,16 @@ pub(crate) struct Shipping {
 }
 
 impl Shipping {
-    pub(crate) async fn open(dir: &std::path::Path, faults: Faults, stats: Arc<Stats>) -> anyhow::Result<Self> {
-        Ok(Self { db: store::open(dir, "shipping", SCHEMA).await?, faults, stats })
+    pub(crate) async fn open(place: &Place, faults: Faults, stats: Arc<Stats>) -> anyhow::Result<Self> {
+        Ok(Self { db: ServiceDb::open(place, SCHEMA).await?, faults, stats })
     }
 
     /// Makes the order's shipment unless it exists (the HTTP path); returns its tracking number.
     async fn ship(&self, order_id: Uuid, email: String) -> anyhow::Result<String> {
-        let (tracking, made) = store::transaction(&self.db, move |tx| make_shipment(tx, order_id, &email)).await?;
+        let (tracking, made) = match &self.db {
+            ServiceDb::Sqlite(db) => db.with_conn(move |c| make_shipment_sqlite(c, order_id, &email)).await?,
+            ServiceDb::Postgres(db) => make_shipment_pg(&mut *db.pool().acquire().await?, order_id, &email).await?,
+        };
         if !made {
             self.stats.duplicate();
         }
@@ -68,25 +76,39 @@ impl Shipping {
     /// skipped by the inbox, and its shipment's tracking number is read back so `OrderShipped` still goes out.
     async fn ship_once(&self, event: &OrderConfirmed, ctx: &Context) -> anyhow::Result<String> {
         let (order_id, email) = (event.order_id, event.email.clone());
-        let made = self.db.once(ctx, move |tx| make_shipment(tx, order_id, &email)).await?;
-        match made {
-            Some((tracking, made)) => {
-                if !made {
-                    self.stats.duplicate();
+        let made = match &self.db {
+            ServiceDb::Sqlite(db) => db.once(ctx, move |tx| make_shipment_sqlite(tx, order_id, &email)).await?,
+            ServiceDb::Postgres(db) => match db.begin_once(ctx).await? {
+                Some(mut tx) => {
+                    let made = make_shipment_pg(&mut tx, order_id, &email).await?;
+                    tx.commit().await?;
+                    Some(made)
                 }
+                None => None,
+            },
+        };
+        match made {
+            Some((tracking, true)) => Ok(tracking),
+            Some((tracking, false)) => {
+                self.stats.duplicate();
                 Ok(tracking)
             }
             None => {
                 self.stats.duplicate();
-                let id = order_id.to_string();
-                Ok(self
-                    .db
-                    .with_conn(move |c| {
-                        c.query_row("SELECT tracking FROM shipments WHERE order_id = ?1", [id], |r| r.get(0))
-                    })
-                    .await?)
+                self.tracking(order_id).await?.ok_or_else(|| anyhow::anyhow!("order {order_id}: shipment missing"))
             }
         }
+    }
+
+    /// The order's tracking number, if it was shipped.
+    async fn tracking(&self, order_id: Uuid) -> anyhow::Result<Option<String>> {
+        let id = order_id.to_string();
+        Ok(match &self.db {
+            ServiceDb::Sqlite(db) => {
+                db.with_conn(move |c| c.query_row(TRACKING, [id], |r| r.get(0)).optional()).await?
+            }
+            ServiceDb::Postgres(db) => sqlx::query_scalar(TRACKING).bind(id).fetch_optional(db.pool()).await?,
+        })
     }
 
     pub(crate) fn router(&self) -> Router {
@@ -110,20 +132,24 @@ impl Shipping {
     }
 }
 
+/// The carrier's tracking number of an order's shipment.
+fn tracking_number(order_id: Uuid) -> String {
+    format!("TRK{}", &order_id.simple().to_string()[20..]).to_uppercase()
+}
+
 /// Makes the order's shipment unless it exists: `(tracking, made now)`.
-fn make_shipment(tx: &rusqlite::Connection, order_id: Uuid, email: &str) -> rusqlite::Result<(String, bool)> {
-    let id = order_id.to_string();
-    let existing: Option<String> =
-        tx.query_row("SELECT tracking FROM shipments WHERE order_id = ?1", [&id], |r| r.get(0)).optional()?;
-    if let Some(tracking) = existing {
-        return Ok((tracking, false));
-    }
-    let tracking = format!("TRK{}", &order_id.simple().to_string()[20..]).to_uppercase();
-    tx.execute(
-        "INSERT INTO shipments (order_id, email, tracking, shipped_at) VALUES (?1, ?2, ?3, ?4)",
-        params![id, email, tracking, chrono::Utc::now().timestamp_millis()],
-    )?;
-    Ok((tracking, true))
+fn make_shipment_sqlite(c: &rusqlite::Connection, order_id: Uuid, email: &str) -> rusqlite::Result<(String, bool)> {
+    let (id, now) = (order_id.to_string(), chrono::Utc::now().timestamp_millis());
+    let made = c.execute(SHIP, params![id, email, tracking_number(order_id), now])? == 1;
+    Ok((c.query_row(TRACKING, [id], |r| r.get(0))?, made))
+}
+
+/// The same on PostgreSQL.
+async fn make_shipment_pg(c: &mut PgConnection, order_id: Uuid, email: &str) -> sqlx::Result<(String, bool)> {
+    let (id, now) = (order_id.to_string(), chrono::Utc::now().timestamp_millis());
+    let ship = sqlx::query(SHIP).bind(&id).bind(email).bind(tracking_number(order_id)).bind(now);
+    let made = ship.execute(&mut *c).await?.rows_affected() == 1;
+    Ok((sqlx::query_scalar(TRACKING).bind(id).fetch_one(&mut *c).await?, made))
 }
 
 async fn create(
@@ -144,14 +170,8 @@ async fn show(State(shipping): State<Shipping>, UrlPath(order_id): UrlPath<Uuid>
     if shipping.faults.shipping_down() {
         return Err(Problem::unavailable("shipping is down"));
     }
-    let id = order_id.to_string();
-    let tracking: Option<String> = shipping
-        .db
-        .with_conn(move |c| {
-            c.query_row("SELECT tracking FROM shipments WHERE order_id = ?1", [id], |r| r.get(0)).optional()
-        })
-        .await
-        .map_err(|e| Problem::internal(format!("shipping database: {e}")))?;
+    let tracking =
+        shipping.tracking(order_id).await.map_err(|e| Problem::internal(format!("shipping database: {e}")))?;
     match tracking {
         Some(tracking) => Ok(Json(Shipment { order_id, tracking })),
         None => Err(Problem::not_found(format!("no shipment for order {order_id}"))),

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use courier_http::HttpError;
 use courier_http::client::HttpClient;
 use courier_shop::messages::Line;
-use courier_shop::{DECLINED_CARD, Email, Faults, Mode, OrderStatus, PlaceOrder, Shipment, Shop, ShopConfig};
+use courier_shop::{
+    DECLINED_CARD, Databases, Email, Faults, Mode, OrderStatus, PlaceOrder, Shipment, Shop, ShopConfig,
+};
 use uuid::Uuid;
 
 const GOOD_CARD: &str = "4242424242424242";
@@ -24,13 +26,21 @@ struct Running {
 async fn start(mode: Mode) -> Running {
     let dir = tempfile::tempdir().expect("a temp dir");
     let engine = format!("sqlite://{}", dir.path().join("bus.db").display());
-    start_on(mode, dir, engine, "").await
+    let databases = Databases::Sqlite(dir.path().to_owned());
+    start_on(mode, dir, databases, engine, "").await
 }
 
-/// The shop with its bus on `engine`, its queues prefixed by `namespace`.
-async fn start_on(mode: Mode, dir: tempfile::TempDir, engine: String, namespace: &str) -> Running {
+/// The shop with its databases in `databases` and its bus on `engine`, its queues (and PostgreSQL schemas)
+/// prefixed by `namespace`.
+async fn start_on(
+    mode: Mode,
+    dir: tempfile::TempDir,
+    databases: Databases,
+    engine: String,
+    namespace: &str,
+) -> Running {
     let faults = Faults::none();
-    let config = ShopConfig::new(dir.path(), engine, mode).faults(faults.clone()).namespace(namespace);
+    let config = ShopConfig::new(databases, engine, mode).faults(faults.clone()).namespace(namespace);
     let shop = Shop::start(config).await.expect("the shop");
     let client = |url: &str| HttpClient::builder(url).deadline(Duration::from_secs(10)).build().expect("a client");
     let (edge, shipping, email) =
@@ -260,7 +270,9 @@ async fn readiness_checks_each_service_and_the_edge_dependencies() {
 /// The same hybrid flow with the bus on a real broker, in a namespace of its own that is deleted afterwards.
 async fn hybrid_on(engine: String) {
     let namespace = format!("shoptest{}", &Uuid::now_v7().simple().to_string()[20..]);
-    let shop = start_on(Mode::Hybrid, tempfile::tempdir().unwrap(), engine.clone(), &namespace).await;
+    let dir = tempfile::tempdir().unwrap();
+    let databases = Databases::Sqlite(dir.path().to_owned());
+    let shop = start_on(Mode::Hybrid, dir, databases, engine.clone(), &namespace).await;
     let mut ids = Vec::new();
     for i in 0..10 {
         let card = if i == 4 { DECLINED_CARD } else { GOOD_CARD };
@@ -292,4 +304,89 @@ async fn hybrid_on_nats() {
     if NATS.require() {
         hybrid_on(NATS.url()).await;
     }
+}
+
+/// Every service's database on PostgreSQL (a schema each) and the bus on PostgreSQL too: one server, no files.
+/// The hybrid flow, with shipping down for a while; then the rows are read from the services' own schemas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hybrid_with_every_database_on_postgres() {
+    use courier::postgres::sqlx;
+    use courier_testkit::services::POSTGRES;
+    if !POSTGRES.require() {
+        return;
+    }
+    let namespace = format!("shoptest{}", &Uuid::now_v7().simple().to_string()[20..]);
+    let (url, dir) = (POSTGRES.url(), tempfile::tempdir().unwrap());
+    let databases = Databases::Postgres(url.clone());
+    let engine = format!("{url}?schema={namespace}_bus");
+    let shop = start_on(Mode::Hybrid, dir, databases.clone(), engine, &namespace).await;
+    shop.faults.set_shipping_down(true);
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let card = if i == 5 { DECLINED_CARD } else { GOOD_CARD };
+        ids.push(shop.place(&order(["rust-mug", "crab-socks"][i % 2], card)).await.expect("accepted").order_id);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    shop.faults.set_shipping_down(false);
+    let statuses = shop.wait_final(&ids).await;
+    assert_eq!(statuses.iter().filter(|s| s.status == "Completed").count(), 11, "{statuses:?}");
+    shop.check_outcomes(&statuses).await;
+    assert!(
+        std::fs::read_dir(shop._dir.path()).unwrap().next().is_none(),
+        "no SQLite file is made when the databases are on PostgreSQL"
+    );
+
+    let pool = sqlx::PgPool::connect(&url).await.expect("PostgreSQL");
+    let count = |table: &str| {
+        let (pool, sql) = (pool.clone(), format!("SELECT count(*) FROM {namespace}_{table}"));
+        async move { sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).fetch_one(&pool).await.expect("a count") }
+    };
+    assert_eq!(count("orders.orders").await, 12, "orders in the orders schema");
+    assert_eq!(count("shipping.shipments").await, 11, "one shipment per completed order");
+    assert_eq!(count("email.emails").await, 11, "one email per completed order");
+    assert_eq!(count("payments.charges").await, 11, "one charge per paid order");
+    assert_eq!(count("inventory.reservations").await, 11, "the declined order's stock was released");
+    assert!(count("shipping.inbox").await >= 11, "shipping's inbox records what it handled");
+    shop.shop.shutdown().await;
+    pool.close().await;
+    databases.drop_schemas(&namespace).await.expect("dropped");
+    let bus_schema = format!("DROP SCHEMA IF EXISTS \"{namespace}_bus\" CASCADE");
+    let pool = sqlx::PgPool::connect(&url).await.expect("PostgreSQL");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(bus_schema)).execute(&pool).await.expect("the bus schema dropped");
+}
+
+/// The sync chain with its databases on PostgreSQL: a completed order, a declined card (stock released, the order
+/// cancelled with its reason) and a failure while shipping is down (charge refunded, stock released).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sync_chain_with_every_database_on_postgres() {
+    use courier::postgres::sqlx;
+    use courier_testkit::services::POSTGRES;
+    if !POSTGRES.require() {
+        return;
+    }
+    let namespace = format!("shoptest{}", &Uuid::now_v7().simple().to_string()[20..]);
+    let (url, dir) = (POSTGRES.url(), tempfile::tempdir().unwrap());
+    let engine = format!("sqlite://{}", dir.path().join("bus.db").display());
+    let databases = Databases::Postgres(url.clone());
+    let shop = start_on(Mode::SyncChain, dir, databases.clone(), engine, &namespace).await;
+    let done = shop.place(&order("rust-mug", GOOD_CARD)).await.expect("placed");
+    assert_eq!(done.status, "Completed");
+    let declined = shop.place(&order("rust-mug", DECLINED_CARD)).await.expect("answered");
+    assert_eq!(declined.status, "Cancelled");
+    assert!(declined.reason.as_deref().unwrap_or("").contains("declined"), "{declined:?}");
+    shop.check_outcomes(&[done.clone(), declined.clone()]).await;
+    shop.faults.set_shipping_down(true);
+    shop.place(&order("rust-mug", GOOD_CARD)).await.expect_err("the chain breaks at shipping");
+
+    let pool = sqlx::PgPool::connect(&url).await.expect("PostgreSQL");
+    let one = |sql: String| {
+        let pool = pool.clone();
+        async move { sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).fetch_one(&pool).await.expect("a row") }
+    };
+    assert_eq!(one(format!("SELECT count(*) FROM {namespace}_orders.orders")).await, 2, "the failed one is not saved");
+    assert_eq!(one(format!("SELECT count(*) FROM {namespace}_payments.charges WHERE refunded = 1")).await, 1);
+    assert_eq!(one(format!("SELECT count(*) FROM {namespace}_inventory.reservations")).await, 1, "only the completed");
+    shop.shop.shutdown().await;
+    pool.close().await;
+    databases.drop_schemas(&namespace).await.expect("dropped");
 }
