@@ -10,7 +10,7 @@
 //! Two measures per client, rounds interleaved so machine noise hits all alike: requests/s with 16 callers in a
 //! closed loop, and p50/p99 latency of one caller at a time. Run it with
 //! `cargo bench -p courier-http --bench pipeline`; `COURIER_BENCH_SECS` (default 2) sets each phase's length and
-//! `COURIER_BENCH_ROUNDS` (default 3) the rounds; `COURIER_BENCH_ONLY=full` (a comma-separated list of client
+//! `COURIER_BENCH_ROUNDS` (default 3) the rounds, `COURIER_BENCH_CALLERS` (default 16) the concurrent callers; `COURIER_BENCH_ONLY=full` (a comma-separated list of client
 //! names) runs only those clients, for profiling.
 
 use std::sync::Arc;
@@ -24,7 +24,10 @@ use courier_http::client::{
 };
 use hdrhistogram::Histogram;
 
-const CALLERS: usize = 16;
+/// Concurrent callers in the throughput phase (`COURIER_BENCH_CALLERS`, default 16).
+fn concurrent_callers() -> usize {
+    std::env::var("COURIER_BENCH_CALLERS").ok().and_then(|v| v.parse().ok()).filter(|v| *v > 0).unwrap_or(16)
+}
 
 #[derive(Clone)]
 enum Caller {
@@ -69,11 +72,11 @@ fn seconds_from_env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).filter(|v| *v > 0).unwrap_or(default)
 }
 
-/// Requests per second with `CALLERS` concurrent callers for `length`.
+/// Requests per second with `concurrent_callers()` callers for `length`.
 async fn throughput(caller: &Caller, length: Duration) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let workers: Vec<_> = (0..CALLERS)
+    let workers: Vec<_> = (0..concurrent_callers())
         .map(|_| {
             let (caller, stop) = (caller.clone(), stop.clone());
             tokio::spawn(async move {
@@ -95,14 +98,22 @@ async fn throughput(caller: &Caller, length: Duration) -> f64 {
     total as f64 / started.elapsed().as_secs_f64()
 }
 
-/// One caller at a time for `length`: the latency of each call, in microseconds.
+/// One caller at a time for `length`: the latency of each call, in microseconds. The caller runs as a task on the
+/// runtime's workers, like the callers of the throughput phase: on the `block_on` thread every wake-up would be a
+/// cross-thread unpark, which measured about 70 us of a 100 us call.
 async fn latency(caller: &Caller, length: Duration, into: &mut Histogram<u64>) {
-    let until = Instant::now() + length;
-    while Instant::now() < until {
-        let started = Instant::now();
-        caller.call().await;
-        into.record(started.elapsed().as_micros() as u64).expect("latency within the histogram's range");
-    }
+    let caller = caller.clone();
+    let measured = tokio::spawn(async move {
+        let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("a histogram");
+        let until = Instant::now() + length;
+        while Instant::now() < until {
+            let started = Instant::now();
+            caller.call().await;
+            latencies.record(started.elapsed().as_micros() as u64).expect("latency within the histogram's range");
+        }
+        latencies
+    });
+    into.add(measured.await.expect("the caller finished")).expect("histograms with the same bounds");
 }
 
 struct Results {
@@ -157,14 +168,20 @@ fn main() {
         }
         for round in 1..=rounds {
             for ((name, caller), result) in callers.iter().zip(&mut results) {
-                eprintln!("round {round}/{rounds}: {name}: {CALLERS} callers for {length:?}, then one caller");
+                eprintln!(
+                    "round {round}/{rounds}: {name}: {} callers for {length:?}, then one caller",
+                    concurrent_callers()
+                );
                 result.rates.push(throughput(caller, length).await);
                 latency(caller, length, &mut result.latency).await;
             }
         }
 
         println!();
-        println!("| client | requests/s ({CALLERS} callers, median of {rounds}) | p50 | p99 (one caller) |");
+        println!(
+            "| client | requests/s ({} callers, median of {rounds}) | p50 | p99 (one caller) |",
+            concurrent_callers()
+        );
         println!("|---|---:|---:|---:|");
         for r in &results {
             println!(
