@@ -80,13 +80,22 @@ return 1
 "#
 );
 
-/// KEYS: the type's binding set. ARGV: prefix, headers, body. Appends to every bound queue; returns how many.
-const PUBLISH: &str = r#"
-local qs = redis.call('SMEMBERS', KEYS[1])
-for _, q in ipairs(qs) do
-  redis.call('XADD', ARGV[1] .. ':q:' .. q, '*', 'n', '0', 'h', ARGV[2], 'b', ARGV[3])
+/// KEYS: each message's type binding set. ARGV: prefix, then headers and body of each message in turn. Appends
+/// every message to every queue bound to its type, in order (a batch of concurrent publishes: one round trip and
+/// one script run instead of one each); returns how many messages.
+const PUBLISH_MANY: &str = r#"
+local p, bound = ARGV[1], {}
+for i = 1, #KEYS do
+  local qs = bound[KEYS[i]]
+  if not qs then
+    qs = redis.call('SMEMBERS', KEYS[i])
+    bound[KEYS[i]] = qs
+  end
+  for _, q in ipairs(qs) do
+    redis.call('XADD', p .. ':q:' .. q, '*', 'n', '0', 'h', ARGV[2 * i], 'b', ARGV[2 * i + 1])
+  end
 end
-return #qs
+return #KEYS
 "#;
 
 /// ARGV: prefix, queue, headers, body. Appends to one queue (declaring it).
@@ -290,7 +299,7 @@ return 1
 #[derive(Debug)]
 pub(crate) struct Scripts {
     pub(crate) declare: Script,
-    pub(crate) publish: Script,
+    pub(crate) publish_many: Script,
     pub(crate) send: Script,
     pub(crate) schedule: Script,
     pub(crate) pump: Script,
@@ -309,7 +318,7 @@ impl Scripts {
     pub(crate) fn new() -> Self {
         Self {
             declare: Script::new(DECLARE),
-            publish: Script::new(PUBLISH),
+            publish_many: Script::new(PUBLISH_MANY),
             send: Script::new(SEND),
             schedule: Script::new(SCHEDULE),
             pump: Script::new(PUMP),

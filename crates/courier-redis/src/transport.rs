@@ -5,10 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use courier_core::{Engine, Error, RawMessage, Result, Subscription, SubscriptionOptions, Transport, now_millis};
 use redis::{Client, FromRedisValue, ScriptInvocation};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::conn::{Conn, is_dropped, to_error};
 use crate::entry::{Keys, encode_headers};
@@ -45,6 +46,7 @@ pub(crate) struct Core {
     pub(crate) name: String,
     subscriptions: AtomicU64,
     pump: tokio::task::JoinHandle<()>,
+    publishes: mpsc::Sender<Publish>,
 }
 
 impl Drop for Core {
@@ -105,8 +107,10 @@ impl RedisTransport {
         let pump_wake = Arc::new(Notify::new());
         let pump =
             tokio::spawn(pump(conn.clone(), scripts.clone(), keys.clone(), options.pump_interval, pump_wake.clone()));
-        let core =
-            Core { client, conn, keys, scripts, options, pump_wake, name, subscriptions: AtomicU64::new(0), pump };
+        let (publishes, queued) = mpsc::channel(PUBLISH_BATCH);
+        tokio::spawn(publish_batches(conn.clone(), scripts.clone(), keys.prefix.clone(), queued));
+        let subscriptions = AtomicU64::new(0);
+        let core = Core { client, conn, keys, scripts, options, pump_wake, name, subscriptions, pump, publishes };
         Ok(Self { core: Arc::new(core) })
     }
 
@@ -185,10 +189,16 @@ impl Transport for RedisTransport {
         if let Some(at) = is_future(deliver_at) {
             return self.schedule(Target::Type(&message_type), &message, at).await;
         }
-        let headers = encode_headers(&message.headers)?;
-        let mut inv = self.core.scripts.publish.key(self.core.keys.bindings(&message_type));
-        inv.arg(&self.core.keys.prefix).arg(headers).arg(message.body.as_ref());
-        self.core.invoke::<i64>("publishing", &inv).await.map(drop)
+        let (reply, replied) = oneshot::channel();
+        let publish = Publish {
+            bindings: self.core.keys.bindings(&message_type),
+            headers: encode_headers(&message.headers)?,
+            body: message.body,
+            reply,
+        };
+        let gone = || Error::engine("publishing: the transport is shutting down");
+        self.core.publishes.send(publish).await.map_err(|_| gone())?;
+        replied.await.map_err(|_| gone())?
     }
 
     async fn send(&self, queue: &str, message: RawMessage, deliver_at: Option<DateTime<Utc>>) -> Result<()> {
@@ -204,6 +214,47 @@ impl Transport for RedisTransport {
     async fn subscribe(&self, queue: &str, options: SubscriptionOptions) -> Result<Box<dyn Subscription>> {
         self.declare_queue(queue).await?;
         Ok(Box::new(RedisSubscription::new(self.core.clone(), queue, options)))
+    }
+}
+
+/// The most publishes sent in one script run, and about the most bytes (a batch stops growing past it).
+const PUBLISH_BATCH: usize = 256;
+const PUBLISH_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// A publish waiting for its batch.
+struct Publish {
+    bindings: String,
+    headers: String,
+    body: Bytes,
+    reply: oneshot::Sender<Result<()>>,
+}
+
+/// Publishes in batches: whatever publishers queued while the last batch was in flight goes in one run of the
+/// publish script (one round trip and one script run, not one each). A lone publish goes at once, so nothing
+/// waits for a batch to fill. Each publisher hears back when its batch is on the server, or its error.
+async fn publish_batches(conn: Arc<Conn>, scripts: Arc<Scripts>, prefix: String, mut queued: mpsc::Receiver<Publish>) {
+    let mut batch: Vec<Publish> = Vec::with_capacity(PUBLISH_BATCH);
+    while let Some(first) = queued.recv().await {
+        let mut bytes = first.body.len() + first.headers.len();
+        batch.push(first);
+        while batch.len() < PUBLISH_BATCH && bytes < PUBLISH_BATCH_BYTES {
+            let Ok(next) = queued.try_recv() else { break };
+            bytes += next.body.len() + next.headers.len();
+            batch.push(next);
+        }
+        let mut inv = scripts.publish_many.prepare_invoke();
+        inv.arg(&prefix);
+        for publish in &batch {
+            inv.key(&publish.bindings).arg(&publish.headers).arg(publish.body.as_ref());
+        }
+        match invoke::<i64>(&conn, "publishing", &inv).await {
+            Ok(_) => batch.drain(..).for_each(|p| drop(p.reply.send(Ok(())))),
+            Err(e) => {
+                for publish in batch.drain(..) {
+                    let _ = publish.reply.send(Err(Error::new(e.kind(), e.to_string())));
+                }
+            }
+        }
     }
 }
 
