@@ -18,6 +18,15 @@ fn transport() -> impl tower::Service<u64, Response = u64, Error = std::io::Erro
     service_fn(|x: u64| async move { Ok::<_, std::io::Error>(black_box(x) + 1) })
 }
 
+/// A transport that is pending once before it answers, as a real one is: timers are registered, wake-ups happen.
+fn pending_once() -> impl tower::Service<u64, Response = u64, Error = std::io::Error, Future: Send> + Clone + Send + Sync
+{
+    service_fn(|x: u64| async move {
+        tokio::task::yield_now().await;
+        Ok::<_, std::io::Error>(black_box(x) + 1)
+    })
+}
+
 fn full(hedge: bool) -> ResiliencePipeline<u64> {
     let p = ResiliencePipeline::new("bench")
         .deadline(Duration::from_secs(2))
@@ -40,11 +49,26 @@ fn bench(c: &mut Criterion) {
     });
     let hedged = full(true).service(transport()).unwrap();
 
+    let bare_pending = pending_once();
+    let pipeline_pending = full(false).service(pending_once()).unwrap();
+    let timeouts_pending = ResiliencePipeline::new("bench")
+        .deadline(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_millis(500))
+        .service(pending_once())
+        .unwrap();
+
     let mut group = c.benchmark_group("per_call");
     group.bench_function("bare_service", |b| b.to_async(&rt).iter(|| bare.clone().oneshot(black_box(1))));
     group.bench_function("pipeline_no_hedge", |b| b.to_async(&rt).iter(|| pipeline.clone().oneshot(black_box(1))));
     group.bench_function("pipeline_balanced_2", |b| b.to_async(&rt).iter(|| balanced.clone().oneshot(black_box(1))));
     group.bench_function("pipeline_with_hedge", |b| b.to_async(&rt).iter(|| hedged.clone().oneshot(black_box(1))));
+    group.bench_function("bare_pending_once", |b| b.to_async(&rt).iter(|| bare_pending.clone().oneshot(black_box(1))));
+    group.bench_function("pipeline_pending_once", |b| {
+        b.to_async(&rt).iter(|| pipeline_pending.clone().oneshot(black_box(1)))
+    });
+    group.bench_function("timeouts_pending_once", |b| {
+        b.to_async(&rt).iter(|| timeouts_pending.clone().oneshot(black_box(1)))
+    });
     group.finish();
 }
 

@@ -125,13 +125,7 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let permit = match self.breaker.try_acquire() {
             Ok(permit) => permit,
-            Err(rejected) => {
-                let mut e = ResilienceError::new(ErrorKind::CircuitOpen).with_layer(self.breaker.name());
-                if let Some(after) = rejected.retry_after {
-                    e = e.with_retry_after(after);
-                }
-                return Box::pin(std::future::ready(Err(e)));
-            }
+            Err(rejected) => return Box::pin(std::future::ready(Err(rejection(&self.breaker, rejected)))),
         };
         let fut = self.inner.call(req);
         let classifier = self.classifier.clone();
@@ -140,6 +134,15 @@ where
             permit.record(classifier.classify(&result));
             result
         })
+    }
+}
+
+/// The error of a call the open `breaker` turned away.
+pub(crate) fn rejection<E>(breaker: &CircuitBreaker, rejected: Rejected) -> ResilienceError<E> {
+    let error = ResilienceError::new(ErrorKind::CircuitOpen).with_layer(breaker.name());
+    match rejected.retry_after {
+        Some(after) => error.with_retry_after(after),
+        None => error,
     }
 }
 

@@ -11,6 +11,12 @@
 //! bulkhead and the rate limit only hold calls that will really be made; the balancer picks the endpoint last,
 //! so each attempt can go to another one. Layers left unconfigured are left out.
 //!
+//! Without hedging, [`service`](ResiliencePipeline::service) runs these steps as one fused service rather than a
+//! stack of tower layers: the same order and errors, one boxed future and one timer per attempt instead of one
+//! per layer (the deadline needs no timer of its own, since every wait inside the call is bounded by it). On
+//! loopback HTTP that took the pipeline's cost from 10-15% of a client's peak throughput to about 5-8%; see
+//! `fused.rs`. With hedging, the layers are stacked as they are. Each layer stays usable on its own.
+//!
 //! ```
 //! use std::time::Duration;
 //! use courier_resilience::pipeline::ResiliencePipeline;
@@ -39,6 +45,7 @@
 //! ```
 
 mod config;
+mod fused;
 
 use std::time::Duration;
 
@@ -74,6 +81,8 @@ pub struct ResiliencePipeline<Req> {
     bulkhead: Option<Bulkhead>,
     rate_limit: Option<RateLimiter<()>>,
     balance: BalanceConfig,
+    /// Set by [`balanced`](Self::balanced): the transport is a balancer.
+    balanced: bool,
 }
 
 impl<Req> std::fmt::Debug for ResiliencePipeline<Req> {
@@ -106,6 +115,7 @@ impl<Req> ResiliencePipeline<Req> {
             bulkhead: None,
             rate_limit: None,
             balance: BalanceConfig::default(),
+            balanced: false,
         }
     }
 
@@ -190,7 +200,8 @@ impl<Req> ResiliencePipeline<Req> {
         self.breaker.as_ref()
     }
 
-    /// The stack over one transport service.
+    /// The pipeline over one transport service (fused into one service when there is no hedging; see the
+    /// [module docs](self)).
     pub fn service<S, E>(self, transport: S) -> Result<PipelineService<Req, S::Response, E>, ConfigError>
     where
         S: tower::Service<Req> + Clone + Send + Sync + 'static,
@@ -212,6 +223,19 @@ impl<Req> ResiliencePipeline<Req> {
                 ));
             }
         };
+        if self.hedge.is_none() {
+            let plan = fused::Plan {
+                deadline: self.deadline,
+                retry: self.retry,
+                predicate,
+                breaker: self.breaker,
+                attempt_timeout: self.attempt_timeout,
+                bulkhead: self.bulkhead,
+                rate_limit: self.rate_limit,
+                balanced: self.balanced,
+            };
+            return Ok(BoxCloneSyncService::new(fused::Fused::new(transport, plan)));
+        }
         let svc = ServiceBuilder::new()
             .option_layer(self.deadline.map(DeadlineLayer::new))
             .option_layer(self.retry.map(|p| RetryLayer::new(p, predicate.clone())))
@@ -242,7 +266,7 @@ impl<Req> ResiliencePipeline<Req> {
         for (name, svc) in endpoints {
             builder = builder.endpoint(name, svc);
         }
-        self.service(builder.build())
+        Self { balanced: true, ..self }.service(builder.build())
     }
 }
 

@@ -85,3 +85,120 @@ async fn the_deadline_bounds_retries() {
     assert!(matches!(err.kind(), ErrorKind::DeadlineExceeded | ErrorKind::AttemptTimeout));
     assert!(start.elapsed() <= Duration::from_millis(300));
 }
+
+/// The same pipeline twice: fused (no hedging) and as stacked layers (hedging that never fires within a test).
+fn fused_and_layered(
+    make: impl Fn() -> ResiliencePipeline<u32>,
+    transport: impl tower::Service<u32, Response = u32, Error = std::io::Error, Future: Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static,
+) -> [(&'static str, PipelineService<u32, u32, std::io::Error>); 2] {
+    let never = crate::hedge::HedgeDelay::Fixed(Duration::from_secs(3600));
+    [
+        ("fused", make().service(transport.clone()).unwrap()),
+        ("layered", make().hedge(never).retry_when(RetryPredicate::always()).service(transport).unwrap()),
+    ]
+}
+
+fn sleeping(
+    for_: Duration,
+) -> impl tower::Service<u32, Response = u32, Error = std::io::Error, Future: Send> + Clone + Send + Sync {
+    service_fn(move |x: u32| async move {
+        tokio::time::sleep(for_).await;
+        Ok::<_, std::io::Error>(x)
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn fused_and_layered_time_out_alike() {
+    let make = || {
+        ResiliencePipeline::new("t").deadline(Duration::from_millis(250)).attempt_timeout(Duration::from_millis(100))
+    };
+    for (name, svc) in fused_and_layered(make, sleeping(Duration::from_secs(1))) {
+        let start = tokio::time::Instant::now();
+        let err = svc.oneshot(1).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AttemptTimeout, "{name}");
+        assert_eq!(start.elapsed(), Duration::from_millis(100), "{name}");
+    }
+    let make =
+        || ResiliencePipeline::new("t").deadline(Duration::from_millis(80)).attempt_timeout(Duration::from_millis(100));
+    for (name, svc) in fused_and_layered(make, sleeping(Duration::from_secs(1))) {
+        let start = tokio::time::Instant::now();
+        let err = svc.oneshot(1).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{name}: the deadline comes first");
+        assert_eq!(start.elapsed(), Duration::from_millis(80), "{name}");
+    }
+    let make = || ResiliencePipeline::new("t").deadline(Duration::from_millis(80));
+    for (name, svc) in fused_and_layered(make, sleeping(Duration::from_secs(1))) {
+        let err = svc.oneshot(1).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{name}: a deadline alone");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn fused_and_layered_show_the_deadline_to_the_transport() {
+    let remaining = service_fn(|_: u32| async {
+        Ok::<_, std::io::Error>(crate::deadline::remaining().map_or(0, |d| d.as_millis() as u32))
+    });
+    let make =
+        || ResiliencePipeline::new("t").deadline(Duration::from_millis(700)).attempt_timeout(Duration::from_secs(5));
+    for (name, svc) in fused_and_layered(make, remaining) {
+        assert_eq!(svc.oneshot(1).await.unwrap(), 700, "{name}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn fused_and_layered_reject_alike_at_the_bulkhead_and_the_rate_limit() {
+    let make = || {
+        ResiliencePipeline::new("t")
+            .bulkhead(Bulkhead::new("b", crate::bulkhead::BulkheadConfig::new(1)))
+            .attempt_timeout(Duration::from_secs(5))
+    };
+    for (name, svc) in fused_and_layered(make, sleeping(Duration::from_millis(100))) {
+        let (first, second) = tokio::join!(svc.clone().oneshot(1), async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            svc.clone().oneshot(2).await
+        });
+        assert_eq!(first.unwrap(), 1, "{name}");
+        assert_eq!(second.unwrap_err().kind(), ErrorKind::BulkheadFull, "{name}: no queue, so the second is refused");
+    }
+    let make = || {
+        let limit = crate::rate_limit::RateLimitConfig::per_second(1.0).burst(1).max_wait(Duration::ZERO);
+        ResiliencePipeline::new("t").rate_limit(RateLimiter::new("r", limit))
+    };
+    for (name, svc) in fused_and_layered(make, sleeping(Duration::ZERO)) {
+        assert_eq!(svc.clone().oneshot(1).await.unwrap(), 1, "{name}");
+        let err = svc.clone().oneshot(2).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::RateLimited, "{name}");
+        assert!(err.retry_after().is_some(), "{name}: says when to come back");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn fused_and_layered_retry_alike() {
+    let policy =
+        || RetryPolicy::new().max_attempts(3).backoff(Duration::from_millis(1), Duration::from_millis(1)).no_budget();
+    for retry_all in [true, false] {
+        let make = || {
+            let p = ResiliencePipeline::new("t").retry(policy());
+            if retry_all { p.retry_when(RetryPredicate::always()) } else { p.retry_when(RetryPredicate::never()) }
+        };
+        let calls = Arc::new(AtomicU32::new(0));
+        let counts: Vec<u32> = {
+            let mut counts = Vec::new();
+            for (_, svc) in fused_and_layered(make, failing(calls.clone())) {
+                calls.store(0, Ordering::SeqCst);
+                assert!(svc.oneshot(1).await.is_err());
+                counts.push(calls.load(Ordering::SeqCst));
+            }
+            counts
+        };
+        let expected = if retry_all { 3 } else { 1 };
+        assert_eq!(counts[0], expected, "fused, retry_all = {retry_all}");
+        if retry_all {
+            assert_eq!(counts[1], expected, "layered");
+        }
+    }
+}

@@ -22,6 +22,7 @@ mod policy;
 mod predicate;
 
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tower::{Service, ServiceExt};
 
@@ -30,7 +31,7 @@ pub use policy::{RetryBudget, RetryPolicy};
 pub use predicate::{Idempotency, RetryPredicate};
 
 use crate::deadline;
-use crate::error::{BoxFuture, ErrorOf, IntoResilienceError};
+use crate::error::{BoxFuture, ErrorOf, IntoResilienceError, ResilienceError};
 use crate::route::Tried;
 
 /// Retries failed calls of `S` (see the [module docs](self)).
@@ -97,30 +98,41 @@ where
                     Ok(response) => return Ok(response),
                     Err(error) => error,
                 };
-                if attempt >= policy.max_attempts || !error.is_retryable() {
-                    return Err(error);
-                }
-                let mut delay = policy.backoff_for(attempt);
-                if let Some(after) = error.retry_after() {
-                    if after > policy.max_retry_after {
-                        return Err(error);
-                    }
-                    delay = delay.max(after);
-                }
-                if deadline::remaining().is_some_and(|left| delay >= left) {
-                    return Err(error);
-                }
-                if policy.budget.as_ref().is_some_and(|b| !b.withdraw()) {
-                    metrics::counter!("courier_retry_budget_exhausted_total").increment(1);
-                    return Err(error);
-                }
-                metrics::counter!("courier_retries_total").increment(1);
-                tracing::debug!(attempt, ?delay, error = %error, "retrying");
+                let Some(delay) = next_delay(&policy, attempt, &error) else { return Err(error) };
                 tokio::time::sleep(delay).await;
                 attempt += 1;
             }
         })
     }
+}
+
+/// Whether to try again after attempt number `attempt` failed with `error`, and after how long. `None` gives up:
+/// the attempts are spent, the error is not worth retrying, its `Retry-After` is too long, the wait would pass the
+/// deadline, or the retry budget is spent (a retry that goes ahead is withdrawn from it).
+pub(crate) fn next_delay<E>(policy: &RetryPolicy, attempt: u32, error: &ResilienceError<E>) -> Option<Duration>
+where
+    E: crate::CallError,
+{
+    if attempt >= policy.max_attempts || !error.is_retryable() {
+        return None;
+    }
+    let mut delay = policy.backoff_for(attempt);
+    if let Some(after) = error.retry_after() {
+        if after > policy.max_retry_after {
+            return None;
+        }
+        delay = delay.max(after);
+    }
+    if deadline::remaining().is_some_and(|left| delay >= left) {
+        return None;
+    }
+    if policy.budget.as_ref().is_some_and(|b| !b.withdraw()) {
+        metrics::counter!("courier_retry_budget_exhausted_total").increment(1);
+        return None;
+    }
+    metrics::counter!("courier_retries_total").increment(1);
+    tracing::debug!(attempt, ?delay, error = %error, "retrying");
+    Some(delay)
 }
 
 #[cfg(test)]

@@ -105,11 +105,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let own = Instant::now() + self.timeout;
-        let (at, kind) = match deadline::current() {
-            Some(d) if d < own => (d, ErrorKind::DeadlineExceeded),
-            _ => (own, ErrorKind::AttemptTimeout),
-        };
+        let (at, kind) = attempt_deadline(self.timeout);
         let fut = self.inner.call(req);
         Box::pin(async move {
             match tokio::time::timeout_at(at, fut).await {
@@ -117,6 +113,16 @@ where
                 Err(_) => Err(ResilienceError::new(kind)),
             }
         })
+    }
+}
+
+/// When an attempt with `timeout` must end, and the error if it does not: its own timeout, or the call's
+/// deadline if that comes first.
+pub(crate) fn attempt_deadline(timeout: Duration) -> (Instant, ErrorKind) {
+    let own = Instant::now() + timeout;
+    match deadline::current() {
+        Some(d) if d < own => (d, ErrorKind::DeadlineExceeded),
+        _ => (own, ErrorKind::AttemptTimeout),
     }
 }
 
