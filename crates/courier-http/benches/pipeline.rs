@@ -239,21 +239,20 @@ fn main() {
                 r.latency.value_at_quantile(0.99)
             );
         }
-        let (Some(bare), Some(full)) =
-            (results.iter().find(|r| r.name == "bare"), results.iter().find(|r| r.name == "full"))
-        else {
-            return;
-        };
-        // Each round measures the two clients one right after the other, so the ratio within a round is what the
-        // machine's drift disturbs least: the loss is the median of the rounds' ratios.
-        let ratios: Vec<f64> = full.rates.iter().zip(&bare.rates).map(|(f, b)| f / b).collect();
-        let loss = 100.0 * (1.0 - median(&ratios));
-        let added_p50 = full.latency.value_at_quantile(0.5) as i64 - bare.latency.value_at_quantile(0.5) as i64;
-        let added_p99 = full.latency.value_at_quantile(0.99) as i64 - bare.latency.value_at_quantile(0.99) as i64;
+        let Some(bare) = results.iter().find(|r| r.name == "bare") else { return };
         println!();
-        println!(
-            "full pipeline vs no layers: {loss:.1}% throughput loss (median of the rounds' ratios), {added_p50} us added \
-             p50, {added_p99} us added p99"
-        );
+        for other in results.iter().filter(|r| r.name != "bare" && r.name != "reqwest") {
+            // Each round measures the clients one right after the other, so the ratio within a round is what the
+            // machine's drift disturbs least: the loss is the median of the rounds' ratios.
+            let ratios: Vec<f64> = other.rates.iter().zip(&bare.rates).map(|(o, b)| o / b).collect();
+            let loss = 100.0 * (1.0 - median(&ratios));
+            let added_p50 = other.latency.value_at_quantile(0.5) as i64 - bare.latency.value_at_quantile(0.5) as i64;
+            let added_p99 = other.latency.value_at_quantile(0.99) as i64 - bare.latency.value_at_quantile(0.99) as i64;
+            let name = if other.name == "full" { "full pipeline" } else { other.name };
+            println!(
+                "{name} vs no layers: {loss:.1}% throughput loss (median of the rounds' ratios), {added_p50} us added \
+                 p50, {added_p99} us added p99"
+            );
+        }
     });
 }
