@@ -64,6 +64,18 @@ impl<S: Clone, Req> Clone for Fused<S, Req> {
     }
 }
 
+/// The transport as the steps of a call need it.
+trait Transport<Req>: Service<Req, Error: IntoResilienceError<Source: CallError>, Future: Send> + Send {}
+
+impl<S, Req> Transport<Req> for S
+where
+    S: Service<Req> + Send,
+    S::Error: IntoResilienceError,
+    Source<S, Req>: CallError,
+    S::Future: Send,
+{
+}
+
 type Outcome<S, Req> = Result<<S as Service<Req>>::Response, ResilienceError<Source<S, Req>>>;
 type Source<S, Req> = <<S as Service<Req>>::Error as IntoResilienceError>::Source;
 
@@ -102,13 +114,7 @@ where
 
 impl<Req: Clone + Send + 'static> Plan<Req> {
     /// The call: its attempts, retried as the policy allows.
-    async fn call<S>(&self, mut inner: S, req: Req) -> Outcome<S, Req>
-    where
-        S: Service<Req> + Send,
-        S::Error: IntoResilienceError,
-        Source<S, Req>: CallError,
-        S::Future: Send,
-    {
+    async fn call<S: Transport<Req>>(&self, mut inner: S, req: Req) -> Outcome<S, Req> {
         if let Some(budget) = self.retry.as_ref().and_then(|policy| policy.budget.as_ref()) {
             budget.deposit();
         }
@@ -133,13 +139,7 @@ impl<Req: Clone + Send + 'static> Plan<Req> {
     }
 
     /// One attempt: past the breaker, within the attempt's time.
-    async fn attempt<S>(&self, inner: &mut S, req: Req) -> Outcome<S, Req>
-    where
-        S: Service<Req> + Send,
-        S::Error: IntoResilienceError,
-        Source<S, Req>: CallError,
-        S::Future: Send,
-    {
+    async fn attempt<S: Transport<Req>>(&self, inner: &mut S, req: Req) -> Outcome<S, Req> {
         let permit = match &self.breaker {
             Some(breaker) => match breaker.try_acquire() {
                 Ok(permit) => Some(permit),
@@ -166,13 +166,7 @@ impl<Req: Clone + Send + 'static> Plan<Req> {
     }
 
     /// The transport's call, once the bulkhead has a slot and the rate limiter a token.
-    async fn admitted<S>(&self, inner: &mut S, req: Req) -> Outcome<S, Req>
-    where
-        S: Service<Req> + Send,
-        S::Error: IntoResilienceError,
-        Source<S, Req>: CallError,
-        S::Future: Send,
-    {
+    async fn admitted<S: Transport<Req>>(&self, inner: &mut S, req: Req) -> Outcome<S, Req> {
         let _slot = match &self.bulkhead {
             Some(bulkhead) => Some(bulkhead.acquire().await?),
             None => None,
