@@ -108,7 +108,7 @@ use async_trait::async_trait;
 use courier_core::{Engine, EngineFactory, Result};
 
 pub use inbox::{PgInbox, PgInboxTransaction};
-pub use options::PostgresOptions;
+pub use options::{PostgresOptions, redact};
 pub use outbox::{PgOutbox, PgOutboxTransaction};
 pub use saga::PgSagaStore;
 pub use sqlx;

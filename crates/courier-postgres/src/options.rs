@@ -143,8 +143,12 @@ pub(crate) fn parse_url(url: &str, mut options: PostgresOptions) -> Result<(PgCo
     Ok((connect, options))
 }
 
-/// The URL with its password hidden, for error messages.
-pub(crate) fn redact(url: &str) -> String {
+/// The URL with its password hidden, for error messages and logs.
+///
+/// ```
+/// assert_eq!(courier_postgres::redact("postgres://app:secret@db/shop"), "postgres://app:***@db/shop");
+/// ```
+pub fn redact(url: &str) -> String {
     // postgres://user:password@host/... -> postgres://user:***@host/...
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
     match rest.split_once('@') {

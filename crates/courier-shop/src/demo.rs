@@ -221,7 +221,7 @@ async fn run_mode(
     // A namespace per run: on a shared broker, queues left by an earlier run are never consumed by this one.
     let namespace = format!("demo{}", Uuid::now_v7().simple().to_string().get(..12).unwrap_or("x"));
     let databases = match &config.database_url {
-        Some(url) => Databases::parse(url)?,
+        Some(url) => Databases::Postgres(url.clone()),
         None => Databases::Sqlite(dir),
     };
     let shop_config =

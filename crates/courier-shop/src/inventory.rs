@@ -143,30 +143,12 @@ impl Inventory {
                 })
                 .await?
             }
-            ServiceDb::Postgres(db) => {
-                let mut tx = db.pool().begin().await?;
-                if sqlx::query(HOLD).bind(id).bind(json).bind(now).execute(&mut *tx).await?.rows_affected() == 0 {
-                    return Ok(self.repeat());
-                }
-                for line in &lines {
-                    let take = sqlx::query(TAKE).bind(i64::from(line.quantity)).bind(&line.sku);
-                    if take.execute(&mut *tx).await?.rows_affected() == 0 {
-                        let available = sqlx::query_scalar(AVAILABLE).bind(&line.sku).fetch_optional(&mut *tx).await?;
-                        tx.rollback().await?;
-                        return Ok(shortfall(line, available));
-                    }
-                }
-                tx.commit().await?;
-                Reservation::Reserved { repeat: false }
-            }
+            ServiceDb::Postgres(db) => reserve_pg(db.pool(), id, json, now, &lines).await?,
         };
-        Ok(if outcome == (Reservation::Reserved { repeat: true }) { self.repeat() } else { outcome })
-    }
-
-    /// A repeated reservation: counted as a duplicate absorbed.
-    fn repeat(&self) -> Reservation {
-        self.stats.duplicate();
-        Reservation::Reserved { repeat: true }
+        if outcome == (Reservation::Reserved { repeat: true }) {
+            self.stats.duplicate();
+        }
+        Ok(outcome)
     }
 
     /// Gives back what was held for `order_id`, if anything (a repeat changes nothing).
@@ -251,6 +233,30 @@ impl courier_grpc::example::Inventory for Inventory {
             available: product.available,
         }))
     }
+}
+
+/// [`Inventory::reserve`] on PostgreSQL: the same steps as on SQLite, in one transaction.
+async fn reserve_pg(
+    pool: &sqlx::PgPool,
+    id: String,
+    json: String,
+    now: i64,
+    lines: &[Line],
+) -> sqlx::Result<Reservation> {
+    let mut tx = pool.begin().await?;
+    if sqlx::query(HOLD).bind(id).bind(json).bind(now).execute(&mut *tx).await?.rows_affected() == 0 {
+        return Ok(Reservation::Reserved { repeat: true });
+    }
+    for line in lines {
+        let take = sqlx::query(TAKE).bind(i64::from(line.quantity)).bind(&line.sku);
+        if take.execute(&mut *tx).await?.rows_affected() == 0 {
+            let available = sqlx::query_scalar(AVAILABLE).bind(&line.sku).fetch_optional(&mut *tx).await?;
+            tx.rollback().await?;
+            return Ok(shortfall(line, available));
+        }
+    }
+    tx.commit().await?;
+    Ok(Reservation::Reserved { repeat: false })
 }
 
 /// `sku, name, price_cents, available` as both stores read it.

@@ -344,10 +344,10 @@ impl Shop {
             stop,
         };
         for (service, listener) in services {
+            let place = Place::of(&config.databases, &config.namespace, service.name()).await?;
             if service == Service::Inventory
                 && let Some(grpc) = inventory_grpc.take()
             {
-                let place = Place::of(&config.databases, &config.namespace, service.name()).await?;
                 let inventory = inventory::Inventory::open(&place, stats.clone()).await?;
                 let mut stopped = shop.stop.subscribe();
                 shop.servers.push(tokio::spawn(async move {
@@ -363,7 +363,6 @@ impl Shop {
                     }
                 }));
             }
-            let place = Place::of(&config.databases, &config.namespace, service.name()).await?;
             let router = shop.start_service(service, &config, &place, &engine).await?;
             let checks = readiness(service, &place, &addresses)?;
             let app = EdgeLayers::new().apply(router.merge(health::router(checks)));

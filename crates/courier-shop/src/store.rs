@@ -8,9 +8,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use courier::postgres::PgInbox;
 use courier::postgres::sqlx::postgres::PgPoolOptions;
 use courier::postgres::sqlx::{self, Executor, PgPool};
+use courier::postgres::{PgInbox, redact};
 use courier::sqlite::SqliteInbox;
 use courier_http::server::idempotency::{IdempotencyStore, PostgresIdempotencyStore, SqliteIdempotencyStore};
 
@@ -97,13 +97,6 @@ impl std::fmt::Display for Databases {
             Self::Postgres(url) => write!(f, "a PostgreSQL schema per service at {}", redact(url)),
         }
     }
-}
-
-/// The URL without its password.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let Some((user, host)) = rest.rsplit_once('@') else { return url.to_owned() };
-    format!("{scheme}://{}@{host}", user.split(':').next().unwrap_or(user))
 }
 
 /// One service's place in [`Databases`].
@@ -259,11 +252,5 @@ mod tests {
         assert_eq!(schema_name("demo-1a2B", "email"), "demo_1a2b_email");
         assert_eq!(schema_name("9lives", "edge"), "_9lives_edge");
         assert!(schema_name(&"x".repeat(100), "orders").len() <= 63);
-    }
-
-    #[test]
-    fn urls_are_shown_without_password() {
-        assert_eq!(redact("postgres://app:secret@db:5432/shop"), "postgres://app@db:5432/shop");
-        assert_eq!(redact("postgres://127.0.0.1/shop"), "postgres://127.0.0.1/shop");
     }
 }

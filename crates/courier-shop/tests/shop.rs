@@ -267,9 +267,14 @@ async fn readiness_checks_each_service_and_the_edge_dependencies() {
     shop.shop.shutdown().await;
 }
 
+/// A namespace of this test run's own, so runs sharing a broker or a database never mix.
+fn test_namespace() -> String {
+    format!("shoptest{}", &Uuid::now_v7().simple().to_string()[20..])
+}
+
 /// The same hybrid flow with the bus on a real broker, in a namespace of its own that is deleted afterwards.
 async fn hybrid_on(engine: String) {
-    let namespace = format!("shoptest{}", &Uuid::now_v7().simple().to_string()[20..]);
+    let namespace = test_namespace();
     let dir = tempfile::tempdir().unwrap();
     let databases = Databases::Sqlite(dir.path().to_owned());
     let shop = start_on(Mode::Hybrid, dir, databases, engine.clone(), &namespace).await;
@@ -315,8 +320,7 @@ async fn hybrid_with_every_database_on_postgres() {
     if !POSTGRES.require() {
         return;
     }
-    let namespace = format!("shoptest{}", &Uuid::now_v7().simple().to_string()[20..]);
-    let (url, dir) = (POSTGRES.url(), tempfile::tempdir().unwrap());
+    let (namespace, url, dir) = (test_namespace(), POSTGRES.url(), tempfile::tempdir().unwrap());
     let databases = Databases::Postgres(url.clone());
     let engine = format!("{url}?schema={namespace}_bus");
     let shop = start_on(Mode::Hybrid, dir, databases.clone(), engine, &namespace).await;
@@ -364,8 +368,7 @@ async fn sync_chain_with_every_database_on_postgres() {
     if !POSTGRES.require() {
         return;
     }
-    let namespace = format!("shoptest{}", &Uuid::now_v7().simple().to_string()[20..]);
-    let (url, dir) = (POSTGRES.url(), tempfile::tempdir().unwrap());
+    let (namespace, url, dir) = (test_namespace(), POSTGRES.url(), tempfile::tempdir().unwrap());
     let engine = format!("sqlite://{}", dir.path().join("bus.db").display());
     let databases = Databases::Postgres(url.clone());
     let shop = start_on(Mode::SyncChain, dir, databases.clone(), engine, &namespace).await;
