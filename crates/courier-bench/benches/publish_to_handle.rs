@@ -143,6 +143,7 @@ async fn run() {
                 p50_us: value("p50_us ").map(|v| v as u64),
                 p99_us: value("p99_us ").map(|v| v as u64),
                 max_us: value("max_us ").map(|v| v as u64),
+                ..Default::default()
             });
             notes.push(format!(
                 "RSS from 10% to 100% of a {big}-message run: min {:.1} MiB, max {:.1} MiB, growth {:.1}% (target: within 10%)",
@@ -193,6 +194,7 @@ async fn run() {
                 p50_us: None,
                 p99_us: None,
                 max_us: None,
+                ..Default::default()
             });
             notes.push(format!(
                 "peak RSS of a consumer process draining a {big}-message backlog: {:.1} MiB (target: under 50 MB)",

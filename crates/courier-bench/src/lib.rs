@@ -4,7 +4,8 @@
 //! - [`bus_throughput`]: publish-to-handle throughput through the bus, with concurrent publishers;
 //! - [`bus_latency_at_rate`]: publish-to-handle latency percentiles at a fixed offered rate;
 //! - [`raw_sqlite_baseline`]: the same rows inserted and deleted with plain SQLite, no bus;
-//! - [`rss_bytes`] / [`peak_rss_bytes`]: resident memory, for the flat-memory and backlog checks.
+//! - [`rss_bytes`] / [`peak_rss_bytes`]: resident memory, for the flat-memory and backlog checks;
+//! - [`CpuMeter`]: CPU time per message of this process and of the engine's server, over one scenario.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,7 +32,7 @@ impl Message for BenchMessage {
 }
 
 /// One measured scenario.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Figures {
     /// What was measured.
     pub scenario: String,
@@ -47,6 +48,10 @@ pub struct Figures {
     pub p99_us: Option<u64>,
     /// Maximum latency in microseconds, where measured.
     pub max_us: Option<u64>,
+    /// CPU time this process spent per message, in microseconds, where measured (see [`CpuMeter`]).
+    pub client_cpu_us: Option<f64>,
+    /// CPU time the engine's server spent per message, in microseconds, where measured (see [`CpuMeter`]).
+    pub server_cpu_us: Option<f64>,
 }
 
 impl Figures {
@@ -60,26 +65,32 @@ impl Figures {
             p50_us: latency.map(|h| h.value_at_quantile(0.50)),
             p99_us: latency.map(|h| h.value_at_quantile(0.99)),
             max_us: latency.map(|h| h.max()),
+            client_cpu_us: None,
+            server_cpu_us: None,
         }
     }
 
     /// A Markdown table row.
     pub fn row(&self) -> String {
         let ms = |v: Option<u64>| v.map_or("-".to_owned(), |us| format!("{:.2}", us as f64 / 1000.0));
+        let cpu = |v: Option<f64>| v.map_or("-".to_owned(), |us| format!("{us:.1}"));
         format!(
-            "| {} | {} | {:.0} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} |",
             self.scenario,
             self.messages,
             self.per_second,
             ms(self.p50_us),
             ms(self.p99_us),
-            ms(self.max_us)
+            ms(self.max_us),
+            cpu(self.client_cpu_us),
+            cpu(self.server_cpu_us)
         )
     }
 
     /// The Markdown table header matching [`row`](Self::row).
     pub fn header() -> &'static str {
-        "| scenario | messages | msg/s | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|---:|"
+        "| scenario | messages | msg/s | p50 ms | p99 ms | max ms | client CPU us/msg | server CPU us/msg |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|"
     }
 }
 
@@ -288,6 +299,84 @@ pub fn raw_sqlite_baseline(
         removed += n;
     }
     Ok(Figures::new("raw SQLite insert+delete, 100/commit (baseline)", messages, start.elapsed(), None))
+}
+
+/// CPU time spent during one scenario, per message: by this process (client, bus and handlers) and by the engine's
+/// server processes on this machine, found by name (`redis-server`, `nats-server`, `beam.smp`, `postgres`).
+///
+/// Read from `/proc` (Linux; elsewhere the figures stay empty), in clock ticks of 10 ms, so a scenario should run
+/// for a second or more. On a machine where client and server share the cores, CPU per message says more than
+/// messages per second: it does not move with what else the machine is doing. A server process that exits during
+/// the scenario (a PostgreSQL backend closed by a pool) is not counted.
+///
+/// ```
+/// let meter = courier_bench::CpuMeter::start(Some("no-such-server"));
+/// let figures = courier_bench::Figures { messages: 1000, ..Default::default() };
+/// let figures = meter.finish(figures);
+/// assert!(figures.server_cpu_us.is_none()); // no process has that name
+/// assert_eq!(figures.client_cpu_us.is_some(), cfg!(target_os = "linux"));
+/// ```
+#[derive(Debug)]
+pub struct CpuMeter {
+    server: Option<String>,
+    client_start: Option<u64>,
+    server_start: Option<u64>,
+}
+
+impl CpuMeter {
+    /// Starts measuring; `server` names the engine's server processes (matched against `/proc/<pid>/comm`).
+    pub fn start(server: Option<&str>) -> Self {
+        let server = server.map(str::to_owned);
+        Self { client_start: process_ticks("self"), server_start: server.as_deref().and_then(server_ticks), server }
+    }
+
+    /// Runs one scenario under a meter: `figures` with its CPU columns filled in.
+    pub async fn measure(server: Option<&str>, scenario: impl std::future::Future<Output = Figures>) -> Figures {
+        let meter = Self::start(server);
+        let figures = scenario.await;
+        meter.finish(figures)
+    }
+
+    /// Stops measuring and fills in `figures`' CPU columns, per message of `figures.messages`.
+    pub fn finish(self, mut figures: Figures) -> Figures {
+        let per_message = |start: Option<u64>, end: Option<u64>| {
+            let (start, end) = (start?, end?);
+            let micros = end.saturating_sub(start) as f64 * 1_000_000.0 / TICKS_PER_SECOND;
+            Some(micros / figures.messages.max(1) as f64)
+        };
+        figures.client_cpu_us = per_message(self.client_start, process_ticks("self"));
+        figures.server_cpu_us = per_message(self.server_start, self.server.as_deref().and_then(server_ticks));
+        figures
+    }
+}
+
+/// `sysconf(_SC_CLK_TCK)` on Linux: 100 on every mainstream architecture.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// User + system CPU ticks of one process (`self` or a pid), threads that exited included.
+fn process_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some(user + system)
+}
+
+/// CPU ticks of every process whose command name is `name`.
+fn server_ticks(name: &str) -> Option<u64> {
+    let mut total = None;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let pid = entry.file_name();
+        let Some(pid) = pid.to_str().filter(|p| p.bytes().all(|b| b.is_ascii_digit())) else { continue };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim_end() == name
+            && let Some(ticks) = process_ticks(pid)
+        {
+            total = Some(total.unwrap_or(0) + ticks);
+        }
+    }
+    total
 }
 
 /// Resident memory of this process now (Linux), in bytes.

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
-use courier_bench::{Figures, bus_latency_at_rate, bus_throughput, payload};
+use courier_bench::{CpuMeter, Figures, bus_latency_at_rate, bus_throughput, payload};
+
+const SERVER: Option<&str> = Some("nats-server");
 use courier_nats::{NatsOptions, NatsTransport, async_nats};
 use courier_testkit::services::NATS;
 use futures::StreamExt;
@@ -105,6 +107,7 @@ async fn raw(
         p50_us: Some(h.value_at_quantile(0.5)),
         p99_us: Some(h.value_at_quantile(0.99)),
         max_us: Some(h.max()),
+        ..Default::default()
     }
 }
 
@@ -128,13 +131,17 @@ fn main() {
         let _ = raw("warm-up", client.clone(), &format!("courier_bench_raw_w{id}"), 10_000, None).await;
         let _ = bus_throughput("warm-up", &engine, 10_000, IN_FLIGHT, PAYLOAD, |_| {}).await;
 
-        let raw_tp =
-            raw("raw async-nats, 256 in flight", client.clone(), &format!("courier_bench_raw_{id}"), messages, None)
-                .await;
-        let courier_tp =
+        let raw_tp = CpuMeter::measure(
+            SERVER,
+            raw("raw async-nats, 256 in flight", client.clone(), &format!("courier_bench_raw_{id}"), messages, None),
+        )
+        .await;
+        let courier_tp = CpuMeter::measure(SERVER, async {
             bus_throughput("Courier on NATS, 256 in flight", &engine, messages, IN_FLIGHT, PAYLOAD, |_| {})
                 .await
-                .expect("Courier throughput run");
+                .expect("Courier throughput run")
+        })
+        .await;
         let rate_messages = (RATE as f64 * RATE_SECONDS) as u64;
         let raw_rate = raw(
             &format!("raw async-nats at {RATE} msg/s"),

@@ -131,6 +131,7 @@ fn figures(scenario: &str, messages: u64, elapsed: Duration, latency: Option<&Hi
         p50_us: latency.map(|h| h.value_at_quantile(0.50)),
         p99_us: latency.map(|h| h.value_at_quantile(0.99)),
         max_us: latency.map(|h| h.max()),
+        ..Default::default()
     }
 }
 

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use courier_bench::{Figures, bus_latency_at_rate, bus_throughput, payload};
+use courier_bench::{CpuMeter, Figures, bus_latency_at_rate, bus_throughput, payload};
+
+const SERVER: Option<&str> = Some("postgres");
 use courier_postgres::sqlx::{self, AssertSqlSafe, PgPool, Row};
 use courier_postgres::{PostgresOptions, PostgresTransport};
 use courier_testkit::services::POSTGRES;
@@ -184,6 +186,7 @@ fn figures(scenario: &str, messages: u64, elapsed: Duration, latency: &Histogram
         p50_us: Some(latency.value_at_quantile(0.50)),
         p99_us: Some(latency.value_at_quantile(0.99)),
         max_us: Some(latency.max()),
+        ..Default::default()
     }
 }
 
@@ -208,10 +211,13 @@ fn main() {
         bus_throughput("warm-up", &engine, 5_000, 256, PAYLOAD, |_| {}).await.expect("warm-up");
         let _ = raw_throughput(&raw_pool, &schema, 5_000).await;
 
-        let raw = raw_throughput(&raw_pool, &schema, messages).await;
-        let courier = bus_throughput("courier postgres (256 in flight)", &engine, messages, 256, PAYLOAD, |_| {})
-            .await
-            .expect("courier throughput");
+        let raw = CpuMeter::measure(SERVER, raw_throughput(&raw_pool, &schema, messages)).await;
+        let courier = CpuMeter::measure(SERVER, async {
+            bus_throughput("courier postgres (256 in flight)", &engine, messages, 256, PAYLOAD, |_| {})
+                .await
+                .expect("courier throughput")
+        })
+        .await;
         let raw_rate = raw_at_rate(&raw_pool, &schema, 5_000, 5.0).await;
         let courier_rate = bus_latency_at_rate("courier postgres @ 5000 msg/s", &engine, 5_000, 5.0, PAYLOAD)
             .await

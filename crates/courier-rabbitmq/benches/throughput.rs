@@ -3,13 +3,15 @@
 //! 1024), then p99 latency at 5,000 msg/s for both.
 //!
 //! Run: `cargo bench -p courier-rabbitmq --bench throughput` (needs the broker at `COURIER_TEST_AMQP_URL`).
-//! `BENCH_MESSAGES` sets the count (default 100,000).
+//! `COURIER_BENCH_MESSAGES` sets the count (default 100,000).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use courier_bench::{Figures, bus_latency_at_rate, bus_throughput};
+use courier_bench::{CpuMeter, Figures, bus_latency_at_rate, bus_throughput};
+
+const SERVER: Option<&str> = Some("beam.smp");
 use courier_rabbitmq::{RabbitMqOptions, RabbitMqTransport};
 use courier_testkit::services::RABBITMQ;
 use futures::StreamExt;
@@ -114,6 +116,7 @@ async fn raw(url: &str, scenario: &str, messages: u64, rate: Option<u64>) -> Fig
         p50_us: Some(h.value_at_quantile(0.5)),
         p99_us: Some(h.value_at_quantile(0.99)),
         max_us: Some(h.max()),
+        ..Default::default()
     }
 }
 
@@ -121,7 +124,7 @@ fn main() {
     if !RABBITMQ.require() {
         return;
     }
-    let messages: u64 = std::env::var("BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let messages: u64 = std::env::var("COURIER_BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let url = RABBITMQ.url();
@@ -131,10 +134,14 @@ fn main() {
         let engine = transport.clone().into_engine();
         let raw_url = transport.options().url.clone();
 
-        let raw_tp = raw(&raw_url, "raw lapin, 256 in flight (baseline)", messages, None).await;
-        let courier_tp =
-            bus_throughput("Courier bus, 256 publishers", &engine, messages, IN_FLIGHT, PAYLOAD, |_| {}).await;
-        let courier_tp = courier_tp.expect("Courier throughput");
+        let raw_tp =
+            CpuMeter::measure(SERVER, raw(&raw_url, "raw lapin, 256 in flight (baseline)", messages, None)).await;
+        let courier_tp = CpuMeter::measure(SERVER, async {
+            bus_throughput("Courier bus, 256 publishers", &engine, messages, IN_FLIGHT, PAYLOAD, |_| {})
+                .await
+                .expect("Courier throughput")
+        })
+        .await;
         let rate_messages = (RATE as f64 * RATE_SECONDS) as u64;
         let raw_rate = raw(&raw_url, "raw lapin at 5,000 msg/s (baseline)", rate_messages, Some(RATE)).await;
         let courier_rate = bus_latency_at_rate("Courier bus at 5,000 msg/s", &engine, RATE, RATE_SECONDS, PAYLOAD)

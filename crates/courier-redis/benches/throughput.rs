@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use courier_bench::{Figures, bus_latency_at_rate, bus_throughput, payload};
+use courier_bench::{CpuMeter, Figures, bus_latency_at_rate, bus_throughput, payload};
+
+const SERVER: Option<&str> = Some("redis-server");
 use courier_redis::{RedisOptions, RedisTransport};
 use courier_testkit::services::REDIS;
 use hdrhistogram::Histogram;
@@ -136,6 +138,7 @@ fn figures(scenario: &str, messages: u64, elapsed: Duration, latency: &Histogram
         p50_us: Some(latency.value_at_quantile(0.50)),
         p99_us: Some(latency.value_at_quantile(0.99)),
         max_us: Some(latency.max()),
+        ..Default::default()
     }
 }
 
@@ -160,17 +163,20 @@ fn main() {
             .await
             .expect("connect");
         let engine = transport.into_engine();
-        let raw_tp = raw(&client, &format!("{prefix}:raw1"), messages, None).await;
-        let courier_tp = bus_throughput(
-            &format!("Courier Redis transport, {IN_FLIGHT} publishes in flight"),
-            &engine,
-            messages,
-            IN_FLIGHT,
-            PAYLOAD,
-            |_| {},
-        )
-        .await
-        .expect("Courier throughput");
+        let raw_tp = CpuMeter::measure(SERVER, raw(&client, &format!("{prefix}:raw1"), messages, None)).await;
+        let courier_tp = CpuMeter::measure(SERVER, async {
+            bus_throughput(
+                &format!("Courier Redis transport, {IN_FLIGHT} publishes in flight"),
+                &engine,
+                messages,
+                IN_FLIGHT,
+                PAYLOAD,
+                |_| {},
+            )
+            .await
+            .expect("Courier throughput")
+        })
+        .await;
         let raw_rate = raw(&client, &format!("{prefix}:raw2"), RATE * 5, Some(RATE)).await;
         let courier_rate =
             bus_latency_at_rate(&format!("Courier Redis transport at {RATE} msg/s"), &engine, RATE, 5.0, PAYLOAD)
