@@ -155,7 +155,7 @@ pub async fn bus_throughput(
     payload_size: usize,
     on_progress: impl Fn(u64) + Send + Sync + 'static,
 ) -> Result<Figures> {
-    let (consumer, sink, _queue) = start_sink(engine, messages).await?;
+    let (consumer, sink, queue) = start_sink(engine, messages).await?;
     let producer =
         Bus::builder(format!("bench-producer-{}", uuid_suffix())).engine_instance(engine.clone()).start().await?;
     let body = payload(payload_size);
@@ -194,6 +194,7 @@ pub async fn bus_throughput(
     progress.abort();
     consumer.shutdown().await;
     producer.shutdown().await;
+    remove_queue(engine, &queue).await;
     let latency = sink.latency.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(Figures::new(scenario, messages, elapsed, Some(&latency)))
 }
@@ -208,7 +209,7 @@ pub async fn bus_latency_at_rate(
     payload_size: usize,
 ) -> Result<Figures> {
     let messages = (rate as f64 * seconds) as u64;
-    let (consumer, sink, _queue) = start_sink(engine, messages).await?;
+    let (consumer, sink, queue) = start_sink(engine, messages).await?;
     let producer =
         Bus::builder(format!("bench-producer-{}", uuid_suffix())).engine_instance(engine.clone()).start().await?;
     let body = payload(payload_size);
@@ -235,6 +236,7 @@ pub async fn bus_latency_at_rate(
     let elapsed = start.elapsed();
     consumer.shutdown().await;
     producer.shutdown().await;
+    remove_queue(engine, &queue).await;
     let latency = sink.latency.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(Figures::new(scenario, messages, elapsed, Some(&latency)))
 }
@@ -431,5 +433,15 @@ pub async fn bus_drain(scenario: &str, engine: &Engine, messages: u64, payload_s
     }
     let elapsed = start.elapsed();
     bus.shutdown().await;
+    remove_queue(engine, &queue).await;
     Ok(Figures::new(scenario, messages, elapsed, None))
+}
+
+/// Deletes a scenario's queue, and with it its binding to [`BenchMessage`]. A queue left behind stays subscribed (a
+/// durable subscriber that is offline), so every later scenario in the process would publish each message to it too,
+/// and measure two or three copies a message against a baseline that writes one.
+async fn remove_queue(engine: &Engine, queue: &str) {
+    if let Err(e) = engine.transport.delete_queue(queue).await {
+        eprintln!("could not delete the bench queue '{queue}': {e}; later scenarios may publish to it too");
+    }
 }
