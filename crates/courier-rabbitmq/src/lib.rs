@@ -33,10 +33,15 @@
 //!
 //! # Messages on the wire
 //!
-//! CloudEvents binary content mode: every Courier header (CloudEvents attributes, extensions, failure annotations)
-//! is an AMQP header named `cloudEvents:<name>` (the CloudEvents AMQP binding's prefix), the data is the body.
-//! `message_id` mirrors `id`, `content_type` mirrors `datacontenttype`, and every message is persistent
-//! (`delivery_mode` 2). The engine's own headers are `courier-*`; the broker's `x-*` headers are not shown to
+//! CloudEvents binary content mode. The attributes AMQP 0-9-1 has a property for are that property: `id` is
+//! `message_id`, `type` is `type`, `source` is `app_id`, `datacontenttype` is `content_type`, `correlationid` is
+//! `correlation_id`, `replyto` is `reply_to` (a value over 255 bytes stays a header), and `specversion` 1.0 is
+//! implied. Every other Courier header (`time`, `traceparent`, other extensions, failure annotations) is an AMQP
+//! header named `cloudEvents:<name>` (the CloudEvents AMQP binding's prefix); the data is the body. Properties cost
+//! the broker and the client far less than entries of the headers table (measured: the raw lapin client sending
+//! Courier's seven attributes as headers fell from 14,626 to 12,266 msg/s). Messages written with every attribute
+//! as a header, and messages from other AMQP producers, are read too: their properties fill in what no header
+//! gives. Every message is persistent (`delivery_mode` 2). The engine's own headers are `courier-*`; the broker's `x-*` headers are not shown to
 //! handlers.
 //!
 //! # Delivery guarantees

@@ -169,8 +169,8 @@ impl Acker for RabbitAcker {
     }
 
     async fn dead_letter(&self, annotations: Annotations) -> Result<()> {
-        let entry = headers::as_text_header(&self.props, &format!("{PREFIX}id"))
-            .unwrap_or_else(|| format!("courier-{}", uuid::Uuid::now_v7().simple()));
+        let entry =
+            headers::message_id(&self.props).unwrap_or_else(|| format!("courier-{}", uuid::Uuid::now_v7().simple()));
         let queue = self.queue.clone();
         let props = headers::with_headers(&self.props, |t| {
             annotate(t, &annotations);
