@@ -21,6 +21,10 @@
 //!
 //! Names that NATS forbids in a subject token (`.`, spaces, `*`, `>`) are escaped reversibly (`.` is `=2E`).
 //!
+//! Each Courier header is a NATS header of the same name (escaped where NATS forbids a byte); `specversion` 1.0 and
+//! `datacontenttype` `application/json` are left out and implied on reading, as each header costs the client and
+//! the server work on every message.
+//!
 //! # Delivery guarantees
 //!
 //! - **Publish and send are acknowledged**: they return once JetStream stored the message (a `PubAck`); with
