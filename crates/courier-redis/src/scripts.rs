@@ -6,7 +6,8 @@
 //! delayed messages by due time, member `<32 hex id><queue>`), `p:delayed:data` (hash member -> packed message),
 //! `p:delayed:count` (hash queue -> delayed count).
 //!
-//! A stream entry has fields `n` (deliveries already counted before this entry), `h` (headers as JSON) and `b`
+//! A stream entry has fields `n` (deliveries already counted before this entry; absent means 0, as on every first
+//! publish), `h` (headers as JSON, without the attribute values every message shares) and `b`
 //! (body). A delivery's count is `n` plus the times Redis delivered the entry (1 unless a dead consumer's entry
 //! was claimed).
 
@@ -92,7 +93,7 @@ for i = 1, #KEYS do
     bound[KEYS[i]] = qs
   end
   for _, q in ipairs(qs) do
-    redis.call('XADD', p .. ':q:' .. q, '*', 'n', '0', 'h', ARGV[2 * i], 'b', ARGV[2 * i + 1])
+    redis.call('XADD', p .. ':q:' .. q, '*', 'h', ARGV[2 * i], 'b', ARGV[2 * i + 1])
   end
 end
 return #KEYS
@@ -102,7 +103,7 @@ return #KEYS
 const SEND: &str = lua!(
     r#"
 ensure(ARGV[1], ARGV[2], false)
-redis.call('XADD', ARGV[1] .. ':q:' .. ARGV[2], '*', 'n', '0', 'h', ARGV[3], 'b', ARGV[4])
+redis.call('XADD', ARGV[1] .. ':q:' .. ARGV[2], '*', 'h', ARGV[3], 'b', ARGV[4])
 return 1
 "#
 );
@@ -290,7 +291,7 @@ local e = redis.call('XRANGE', d, id, id)
 if not e[1] then return 0 end
 redis.call('XDEL', d, id)
 ensure(p, q, false)
-redis.call('XADD', p .. ':q:' .. q, '*', 'n', 0, 'h', ARGV[4], 'b', field(e[1][2], 'b') or '')
+redis.call('XADD', p .. ':q:' .. q, '*', 'h', ARGV[4], 'b', field(e[1][2], 'b') or '')
 return 1
 "#
 );
