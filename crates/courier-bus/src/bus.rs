@@ -91,7 +91,7 @@ impl Bus {
 
     fn envelope<M: Message>(&self, message: &M, stamp: impl FnOnce(&mut Envelope)) -> Result<Envelope> {
         let mut envelope = Envelope::for_message(&self.inner.service, message)?;
-        envelope.traceparent = Some(TraceParent::new_root().to_string());
+        envelope.traceparent = Some(TraceParent::new_root().to_header());
         stamp(&mut envelope);
         Ok(envelope)
     }

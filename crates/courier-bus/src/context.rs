@@ -135,7 +135,7 @@ impl Context {
     pub(crate) fn stamp(&self, out: &mut Envelope) {
         out.correlation_id = Some(self.correlation_id().to_owned());
         out.causation_id = Some(self.message_id().to_owned());
-        out.traceparent = Some(self.inner.trace.child().to_string());
+        out.traceparent = Some(self.inner.trace.child().to_header());
         out.tracestate.clone_from(&self.inner.envelope.tracestate);
     }
 

@@ -49,6 +49,17 @@ impl TraceParent {
     }
 }
 
+impl TraceParent {
+    /// The `traceparent` header value, `00-<trace id>-<span id>-<flags>` (what [`Display`](fmt::Display) writes),
+    /// in one allocation of its exact length: it is built for every message published.
+    pub fn to_header(&self) -> String {
+        use fmt::Write as _;
+        let mut out = String::with_capacity(55);
+        let _ = write!(out, "{self}");
+        out
+    }
+}
+
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, self.flags)
@@ -73,6 +84,8 @@ mod tests {
         let h = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let tp = TraceParent::parse(h).unwrap();
         assert_eq!(tp.to_string(), h);
+        assert_eq!(tp.to_header(), h);
+        assert_eq!(tp.to_header().capacity(), h.len());
         let child = tp.child();
         assert_eq!(child.trace_id, tp.trace_id);
         assert_ne!(child.span_id, tp.span_id);
