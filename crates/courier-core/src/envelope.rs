@@ -63,6 +63,36 @@ pub mod dead_letter_attr {
     pub const LAST_ERROR: &str = "lasterror";
 }
 
+/// Attribute values every message Courier writes carries alike: `specversion` 1.0 and `datacontenttype`
+/// `application/json`. An engine may leave them off the wire ([`is_implied_attribute`]) and put them back when it
+/// reads a message ([`restore_implied_attributes`]): each header costs the client and the server work on every
+/// message (the raw NATS client sending Courier's seven attributes as headers fell from 62.7k to 42.7k msg/s).
+pub const IMPLIED_ATTRIBUTES: [(&str, &str); 2] =
+    [(attr::SPECVERSION, "1.0"), (attr::DATACONTENTTYPE, "application/json")];
+
+/// Whether a header (name and value) is one of the [`IMPLIED_ATTRIBUTES`], which an engine need not send.
+pub fn is_implied_attribute(name: &str, value: &str) -> bool {
+    IMPLIED_ATTRIBUTES.contains(&(name, value))
+}
+
+/// Puts back the [`IMPLIED_ATTRIBUTES`] missing from headers read off the wire, on a message with a `type`; headers
+/// without one are left as they came (not a Courier message, they are dead-lettered as such).
+///
+/// ```
+/// # use std::collections::BTreeMap;
+/// let mut headers = BTreeMap::from([("type".to_owned(), "shop.order.placed.v1".to_owned())]);
+/// courier_core::restore_implied_attributes(&mut headers);
+/// assert_eq!(headers.get("specversion").map(String::as_str), Some("1.0"));
+/// assert_eq!(headers.get("datacontenttype").map(String::as_str), Some("application/json"));
+/// ```
+pub fn restore_implied_attributes(headers: &mut BTreeMap<String, String>) {
+    if headers.contains_key(attr::TYPE) {
+        for (name, value) in IMPLIED_ATTRIBUTES {
+            headers.entry(name.to_owned()).or_insert_with(|| value.to_owned());
+        }
+    }
+}
+
 /// A message as a transport carries it: string headers and an opaque body.
 ///
 /// Transports store and move this; the bus turns it into an [`Envelope`] and a typed message. Nothing in it is

@@ -23,7 +23,9 @@ mod transport;
 
 pub use codec::{Codec, Json};
 pub use engine::{Engine, EngineFactory, EngineRegistry};
-pub use envelope::{Envelope, RawMessage, attr, dead_letter_attr};
+pub use envelope::{
+    Envelope, IMPLIED_ATTRIBUTES, RawMessage, attr, dead_letter_attr, is_implied_attribute, restore_implied_attributes,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use fingerprint::{failure_fingerprint, normalise_error_message};
 pub use message::{Message, MessageRef, Request};

@@ -68,7 +68,7 @@ pub(crate) fn to_amqp(message: &RawMessage) -> BasicProperties {
     let mut props = BasicProperties::default().with_delivery_mode(2);
     for (k, v) in &message.headers {
         if k == attr::SPECVERSION && v == "1.0" {
-            continue;
+            continue; // implied (see courier_core::IMPLIED_ATTRIBUTES); datacontenttype goes to content_type
         }
         if AS_PROPERTIES.contains(&k.as_str()) && v.len() <= 255 {
             props = set_property(props, k, v);
@@ -113,9 +113,7 @@ pub(crate) fn from_amqp(props: &BasicProperties, body: Bytes) -> (RawMessage, u3
             headers.entry(name.to_owned()).or_insert_with(|| value.to_owned());
         }
     }
-    if headers.contains_key(attr::TYPE) {
-        headers.entry(attr::SPECVERSION.to_owned()).or_insert_with(|| "1.0".to_owned());
-    }
+    courier_core::restore_implied_attributes(&mut headers);
     (RawMessage { headers, body }, before)
 }
 
@@ -197,8 +195,10 @@ mod tests {
         let (back, _) = from_amqp(&props, Bytes::new());
         let expected: BTreeMap<String, String> =
             [("specversion", "1.0"), ("id", "m-2"), ("type", "t.v1"), ("source", "old")]
+                .into_iter()
+                .chain([("datacontenttype", "application/json")]) // implied, as from_raw would
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .into();
+                .collect();
         assert_eq!(back.headers, expected);
         assert_eq!(message_id(&props).as_deref(), Some("m-2"));
     }
