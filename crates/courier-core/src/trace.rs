@@ -47,9 +47,7 @@ impl TraceParent {
     pub fn trace_id_hex(&self) -> String {
         format!("{:032x}", self.trace_id)
     }
-}
 
-impl TraceParent {
     /// The `traceparent` header value, `00-<trace id>-<span id>-<flags>` (what [`Display`](fmt::Display) writes),
     /// in one allocation of its exact length: it is built for every message published.
     pub fn to_header(&self) -> String {

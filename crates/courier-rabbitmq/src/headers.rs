@@ -67,8 +67,9 @@ pub(crate) fn to_amqp(message: &RawMessage) -> BasicProperties {
     let mut table = FieldTable::default();
     let mut props = BasicProperties::default().with_delivery_mode(2);
     for (k, v) in &message.headers {
-        if k == attr::SPECVERSION && v == "1.0" {
-            continue; // implied (see courier_core::IMPLIED_ATTRIBUTES); datacontenttype goes to content_type
+        // Of the implied attributes only specversion is dropped: datacontenttype is worth its content_type property.
+        if k == attr::SPECVERSION && courier_core::is_implied_attribute(k, v) {
+            continue;
         }
         if AS_PROPERTIES.contains(&k.as_str()) && v.len() <= 255 {
             props = set_property(props, k, v);

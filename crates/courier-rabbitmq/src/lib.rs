@@ -41,8 +41,8 @@
 //! the broker and the client far less than entries of the headers table (measured: the raw lapin client sending
 //! Courier's seven attributes as headers fell from 14,626 to 12,266 msg/s). Messages written with every attribute
 //! as a header, and messages from other AMQP producers, are read too: their properties fill in what no header
-//! gives. Every message is persistent (`delivery_mode` 2). The engine's own headers are `courier-*`; the broker's `x-*` headers are not shown to
-//! handlers.
+//! gives. Every message is persistent (`delivery_mode` 2). The engine's own headers are `courier-*`; the broker's
+//! `x-*` headers are not shown to handlers.
 //!
 //! # Delivery guarantees
 //!

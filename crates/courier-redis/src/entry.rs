@@ -59,9 +59,7 @@ impl Entry {
 pub(crate) fn encode_headers(headers: &BTreeMap<String, String>) -> Result<String> {
     let stored: BTreeMap<&str, &str> =
         headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).filter(|(k, v)| !is_implied_attribute(k, v)).collect();
-    let mut out = Vec::with_capacity(16 + headers.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>());
-    serde_json::to_writer(&mut out, &stored).map_err(|e| Error::engine(format!("cannot store headers: {e}")))?;
-    String::from_utf8(out).map_err(|e| Error::engine(format!("cannot store headers: {e}")))
+    serde_json::to_string(&stored).map_err(|e| Error::engine(format!("cannot store headers: {e}")))
 }
 
 pub(crate) fn decode_headers(bytes: &[u8]) -> BTreeMap<String, String> {
