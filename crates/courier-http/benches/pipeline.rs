@@ -73,9 +73,28 @@ fn seconds_from_env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).filter(|v| *v > 0).unwrap_or(default)
 }
 
+/// CPU time this process's threads have run so far, in nanoseconds, from `/proc/self/task/*/schedstat` (the
+/// scheduler's own clock: time stolen by the hypervisor or spent by other processes is not in it); `None` where
+/// there is no such file.
+fn process_cpu_ns() -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+/// One throughput phase: requests per second, and CPU time (client and server, both in this process) per request.
+struct Phase {
+    rate: f64,
+    cpu_us: Option<f64>,
+}
+
 /// Requests per second with `concurrent_callers()` callers for `length`.
-async fn throughput(caller: &Caller, length: Duration) -> f64 {
+async fn throughput(caller: &Caller, length: Duration) -> Phase {
     let stop = Arc::new(AtomicBool::new(false));
+    let cpu_before = process_cpu_ns();
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrent_callers())
         .map(|_| {
@@ -96,7 +115,9 @@ async fn throughput(caller: &Caller, length: Duration) -> f64 {
     for worker in workers {
         total += worker.await.expect("a caller finished");
     }
-    total as f64 / started.elapsed().as_secs_f64()
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    let cpu_us = cpu_before.zip(process_cpu_ns()).map(|(before, after)| (after - before) as f64 / 1e3 / total as f64);
+    Phase { rate, cpu_us }
 }
 
 /// One caller at a time for `length`: the latency of each call, in microseconds. The caller runs as a task on the
@@ -120,6 +141,8 @@ async fn latency(caller: &Caller, length: Duration, into: &mut Histogram<u64>) {
 struct Results {
     name: &'static str,
     rates: Vec<f64>,
+    /// CPU microseconds per request, per round.
+    cpu: Vec<f64>,
     latency: Histogram<u64>,
 }
 
@@ -206,6 +229,7 @@ fn main() {
             .map(|(name, _)| Results {
                 name,
                 rates: Vec::new(),
+                cpu: Vec::new(),
                 latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("a histogram"),
             })
             .collect();
@@ -219,20 +243,23 @@ fn main() {
                     "round {round}/{rounds}: {name}: {} callers for {length:?}, then one caller",
                     concurrent_callers()
                 );
-                result.rates.push(throughput(caller, length).await);
+                let phase = throughput(caller, length).await;
+                result.rates.push(phase.rate);
+                result.cpu.extend(phase.cpu_us);
                 latency(caller, length, &mut result.latency).await;
             }
         }
 
         println!();
         println!(
-            "| client | requests/s ({} callers, median of {rounds}) | p50 | p99 (one caller) |",
+            "| client | requests/s ({} callers, median of {rounds}) | CPU per request | p50 | p99 (one caller) |",
             concurrent_callers()
         );
-        println!("|---|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|");
         for r in &results {
+            let cpu = if r.cpu.is_empty() { "-".to_owned() } else { format!("{:.1} us", median(&r.cpu)) };
             println!(
-                "| {} | {:.0} | {} us | {} us |",
+                "| {} | {:.0} | {cpu} | {} us | {} us |",
                 r.name,
                 median(&r.rates),
                 r.latency.value_at_quantile(0.5),
@@ -246,12 +273,20 @@ fn main() {
             // machine's drift disturbs least: the loss is the median of the rounds' ratios.
             let ratios: Vec<f64> = other.rates.iter().zip(&bare.rates).map(|(o, b)| o / b).collect();
             let loss = 100.0 * (1.0 - median(&ratios));
+            // On a saturated machine throughput is the cores over the CPU time per request; CPU time leaves out
+            // what the hypervisor and other processes took, so this loss is the steadier of the two.
+            let cpu_ratios: Vec<f64> = other.cpu.iter().zip(&bare.cpu).map(|(o, b)| b / o).collect();
+            let cpu_loss = if cpu_ratios.is_empty() {
+                String::new()
+            } else {
+                format!(", {:.1}% capacity loss (from CPU per request)", 100.0 * (1.0 - median(&cpu_ratios)))
+            };
             let added_p50 = other.latency.value_at_quantile(0.5) as i64 - bare.latency.value_at_quantile(0.5) as i64;
             let added_p99 = other.latency.value_at_quantile(0.99) as i64 - bare.latency.value_at_quantile(0.99) as i64;
             let name = if other.name == "full" { "full pipeline" } else { other.name };
             println!(
-                "{name} vs no layers: {loss:.1}% throughput loss (median of the rounds' ratios), {added_p50} us added \
-                 p50, {added_p99} us added p99"
+                "{name} vs no layers: {loss:.1}% throughput loss (median of the rounds' ratios){cpu_loss}, {added_p50} \
+                 us added p50, {added_p99} us added p99"
             );
         }
     });

@@ -14,12 +14,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 tokio::task_local! {
-    static DEADLINE: Instant;
+    static DEADLINE: Option<Instant>;
 }
 
 /// The deadline of the call being made, if a deadline layer (or [`scope`]) set one.
 pub fn current() -> Option<Instant> {
-    DEADLINE.try_with(|d| *d).ok()
+    DEADLINE.try_with(|d| *d).ok().flatten()
 }
 
 /// The time left until the current deadline (zero once it passed), if there is one.
@@ -46,11 +46,21 @@ pub fn earliest(deadline: Instant) -> Instant {
 /// # }
 /// ```
 pub async fn scope<F: Future>(deadline: Instant, future: F) -> F::Output {
-    DEADLINE.scope(earliest(deadline), future).await
+    DEADLINE.scope(Some(earliest(deadline)), future).await
+}
+
+/// Runs `future` with `deadline` (or the current one, if earlier) visible, or with the current one unchanged when
+/// `deadline` is `None`: one future type either way, so a caller with an optional deadline awaits one future.
+pub(crate) fn scope_optional<F: Future>(deadline: Option<Instant>, future: F) -> impl Future<Output = F::Output> {
+    let deadline = match deadline {
+        Some(at) => Some(earliest(at)),
+        None => current(),
+    };
+    DEADLINE.scope(deadline, future)
 }
 
 /// Runs `f` synchronously with the deadline visible (for a service's `call`, which may read it).
 #[cfg_attr(not(feature = "timeout"), allow(dead_code))]
 pub(crate) fn sync_scope<R>(deadline: Instant, f: impl FnOnce() -> R) -> R {
-    DEADLINE.sync_scope(earliest(deadline), f)
+    DEADLINE.sync_scope(Some(earliest(deadline)), f)
 }

@@ -17,6 +17,12 @@ impl Tried {
     pub(crate) async fn scope<F: std::future::Future>(&self, future: F) -> F::Output {
         TRIED.scope(self.0.clone(), future).await
     }
+
+    /// Runs `f` (a service's `call`, where the balancer picks its endpoint) with this record visible.
+    #[cfg_attr(not(feature = "pipeline"), allow(dead_code))]
+    pub(crate) fn sync_scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        TRIED.sync_scope(self.0.clone(), f)
+    }
 }
 
 /// The endpoints of balancer `balancer` this call already tried (empty outside a hedge or retry).

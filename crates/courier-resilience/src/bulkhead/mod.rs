@@ -104,10 +104,25 @@ impl Bulkhead {
         self.shared.waiting.load(Ordering::Relaxed)
     }
 
+    /// Takes a slot if one is free now, without queueing (the slot is freed when the permit drops).
+    ///
+    /// ```
+    /// use courier_resilience::bulkhead::{Bulkhead, BulkheadConfig};
+    ///
+    /// let bulkhead = Bulkhead::new("inventory", BulkheadConfig::new(1));
+    /// let slot = bulkhead.try_acquire().expect("one slot is free");
+    /// assert!(bulkhead.try_acquire().is_none());
+    /// drop(slot);
+    /// assert!(bulkhead.try_acquire().is_some());
+    /// ```
+    pub fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
+        self.shared.slots.clone().try_acquire_owned().ok()
+    }
+
     /// Takes a slot: at once if one is free, else after queueing (if there is room in the queue).
     pub async fn acquire<E>(&self) -> Result<OwnedSemaphorePermit, ResilienceError<E>> {
         let s = &self.shared;
-        if let Ok(permit) = s.slots.clone().try_acquire_owned() {
+        if let Some(permit) = self.try_acquire() {
             return Ok(permit);
         }
         let full = || {

@@ -101,37 +101,37 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let plan = self.plan.clone();
         Box::pin(async move {
-            match plan.deadline {
-                Some(total) => {
-                    let at = deadline::earliest(Instant::now() + total);
-                    deadline::scope(at, plan.call(inner, req)).await
-                }
-                None => plan.call(inner, req).await,
-            }
+            let at = plan.deadline.map(|total| Instant::now() + total);
+            deadline::scope_optional(at, plan.call(inner, req)).await
         })
     }
 }
 
 impl<Req: Clone + Send + 'static> Plan<Req> {
     /// The call: its attempts, retried as the policy allows.
+    ///
+    /// The request is cloned for an attempt only while a later attempt may still need it: the last one allowed
+    /// gets the request itself. Each step awaits one future, and the waits that are rare (a full bulkhead, an
+    /// empty token bucket) are boxed, so the call's future stays small: it is moved into its box on every call.
     async fn call<S: Transport<Req>>(&self, mut inner: S, req: Req) -> Outcome<S, Req> {
         if let Some(budget) = self.retry.as_ref().and_then(|policy| policy.budget.as_ref()) {
             budget.deposit();
         }
         let policy = self.retry.as_ref().filter(|policy| policy.max_attempts > 1 && self.predicate.allows(&req));
-        let Some(policy) = policy else { return self.attempt(&mut inner, req).await };
-        let tried = self.balanced.then(Tried::default);
+        let tried = (policy.is_some() && self.balanced).then(Tried::default);
+        let mut req = Some(req);
         let mut attempt = 1;
         loop {
-            let this = req.clone();
-            let result = match &tried {
-                Some(tried) => tried.scope(self.attempt(&mut inner, this)).await,
-                None => self.attempt(&mut inner, this).await,
+            let last = policy.is_none_or(|policy| attempt >= policy.max_attempts);
+            let this = match (last, &req) {
+                (false, Some(req)) => req.clone(),
+                _ => req.take().expect("the request is kept until the last attempt"),
             };
-            let error = match result {
+            let error = match self.attempt(&mut inner, this, tried.as_ref()).await {
                 Ok(response) => return Ok(response),
                 Err(error) => error,
             };
+            let Some(policy) = policy.filter(|_| !last) else { return Err(error) };
             let Some(delay) = next_delay(policy, attempt, &error) else { return Err(error) };
             tokio::time::sleep(delay).await;
             attempt += 1;
@@ -139,7 +139,7 @@ impl<Req: Clone + Send + 'static> Plan<Req> {
     }
 
     /// One attempt: past the breaker, within the attempt's time.
-    async fn attempt<S: Transport<Req>>(&self, inner: &mut S, req: Req) -> Outcome<S, Req> {
+    async fn attempt<S: Transport<Req>>(&self, inner: &mut S, req: Req, tried: Option<&Tried>) -> Outcome<S, Req> {
         let permit = match &self.breaker {
             Some(breaker) => match breaker.try_acquire() {
                 Ok(permit) => Some(permit),
@@ -152,7 +152,7 @@ impl<Req: Clone + Send + 'static> Plan<Req> {
             None if self.deadline.is_some() => deadline::current().map(|at| (at, ErrorKind::DeadlineExceeded)),
             None => None,
         };
-        let work = self.admitted(inner, req);
+        let work = self.admitted(inner, req, tried);
         let result = match until {
             Some((at, kind)) => {
                 tokio::time::timeout_at(at, work).await.unwrap_or_else(|_| Err(ResilienceError::new(kind)))
@@ -166,15 +166,24 @@ impl<Req: Clone + Send + 'static> Plan<Req> {
     }
 
     /// The transport's call, once the bulkhead has a slot and the rate limiter a token.
-    async fn admitted<S: Transport<Req>>(&self, inner: &mut S, req: Req) -> Outcome<S, Req> {
+    async fn admitted<S: Transport<Req>>(&self, inner: &mut S, req: Req, tried: Option<&Tried>) -> Outcome<S, Req> {
         let _slot = match &self.bulkhead {
-            Some(bulkhead) => Some(bulkhead.acquire().await?),
+            Some(bulkhead) => Some(match bulkhead.try_acquire() {
+                Some(slot) => slot,
+                None => Box::pin(bulkhead.acquire()).await?,
+            }),
             None => None,
         };
-        if let Some(limiter) = &self.rate_limit {
-            limiter.acquire(&()).await?;
+        if let Some(limiter) = &self.rate_limit
+            && let Some(wait) = limiter.reserve(&())?
+        {
+            Box::pin(tokio::time::sleep(wait)).await;
         }
         let ready = inner.ready().await.map_err(IntoResilienceError::into_resilience)?;
-        ready.call(req).await.map_err(IntoResilienceError::into_resilience)
+        let response = match tried {
+            Some(tried) => tried.sync_scope(|| ready.call(req)),
+            None => ready.call(req),
+        };
+        response.await.map_err(IntoResilienceError::into_resilience)
     }
 }

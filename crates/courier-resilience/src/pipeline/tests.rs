@@ -202,3 +202,36 @@ async fn fused_and_layered_retry_alike() {
         }
     }
 }
+
+/// A request that counts its clones.
+struct Counted(Arc<AtomicU32>);
+
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Self(self.0.clone())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_last_attempt_gets_the_request_itself() {
+    let clones = Arc::new(AtomicU32::new(0));
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = calls.clone();
+    let flaky = service_fn(move |_: Counted| {
+        let call = seen.fetch_add(1, Ordering::SeqCst) + 1;
+        async move { if call < 3 { Err(std::io::Error::other("down")) } else { Ok(call) } }
+    });
+    let retry = RetryPolicy::new().max_attempts(3).backoff(Duration::from_millis(1), Duration::from_millis(2));
+    let svc = ResiliencePipeline::new("p")
+        .retry(retry.no_budget())
+        .retry_when(RetryPredicate::always())
+        .service(flaky)
+        .unwrap();
+    assert_eq!(svc.clone().oneshot(Counted(clones.clone())).await.unwrap(), 3);
+    assert_eq!(clones.load(Ordering::SeqCst), 2, "attempts 1 and 2 sent copies, attempt 3 the request");
+
+    clones.store(0, Ordering::SeqCst);
+    assert_eq!(svc.oneshot(Counted(clones.clone())).await.unwrap(), 4);
+    assert_eq!(clones.load(Ordering::SeqCst), 1, "a call that succeeds at once made one copy, kept for a retry");
+}

@@ -14,6 +14,27 @@ struct Bucket {
     updated: Instant,
 }
 
+impl Bucket {
+    /// Refills for the time since the last call, then takes a token now, reserves one after a wait, or refuses.
+    fn take(&mut self, config: &RateLimitConfig, now: Instant) -> Decision {
+        let burst = f64::from(config.burst);
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * config.per_second).min(burst);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Decision::Go;
+        }
+        let wait = Duration::from_secs_f64((1.0 - self.tokens) / config.per_second);
+        if wait <= config.max_wait {
+            self.tokens -= 1.0;
+            Decision::Wait(wait)
+        } else {
+            Decision::Refuse(wait)
+        }
+    }
+}
+
 /// What the limiter decided for one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Decision {
@@ -40,28 +61,14 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
     }
 
     pub(crate) fn take(&mut self, key: &K, config: &RateLimitConfig, now: Instant) -> Decision {
-        let burst = f64::from(config.burst);
-        if !self.buckets.contains_key(key) {
-            if self.buckets.len() >= config.max_keys {
-                self.evict(config, now);
-            }
-            self.buckets.insert(key.clone(), Bucket { tokens: burst, updated: now });
+        if let Some(bucket) = self.buckets.get_mut(key) {
+            return bucket.take(config, now);
         }
-        let Some(bucket) = self.buckets.get_mut(key) else { return Decision::Go };
-        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * config.per_second).min(burst);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            return Decision::Go;
+        if self.buckets.len() >= config.max_keys {
+            self.evict(config, now);
         }
-        let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / config.per_second);
-        if wait <= config.max_wait {
-            bucket.tokens -= 1.0;
-            Decision::Wait(wait)
-        } else {
-            Decision::Refuse(wait)
-        }
+        let fresh = Bucket { tokens: f64::from(config.burst), updated: now };
+        self.buckets.entry(key.clone()).or_insert(fresh).take(config, now)
     }
 
     /// Drops buckets idle past the idle timeout; if none is, the least recently used one.

@@ -130,24 +130,27 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 
     /// Takes a token for `key`, waiting for one if allowed (never past the call's deadline).
     pub async fn acquire<E>(&self, key: &K) -> Result<(), ResilienceError<E>> {
-        let decision = self.decide(key);
-        match decision {
-            Decision::Go => Ok(()),
-            Decision::Wait(wait) => {
-                tokio::time::sleep(wait).await;
-                Ok(())
-            }
-            Decision::Refuse(after) => Err(self.refused(after)),
+        if let Some(wait) = self.reserve(key)? {
+            tokio::time::sleep(wait).await;
         }
+        Ok(())
     }
 
-    fn decide(&self, key: &K) -> Decision {
+    /// Takes a token for `key` without waiting: `None` to go now, or the wait after which the token reserved
+    /// for this call is due; an error when the wait would be longer than allowed.
+    pub(crate) fn reserve<E>(&self, key: &K) -> Result<Option<Duration>, ResilienceError<E>> {
         let s = &self.shared;
+        let now = Instant::now();
         let mut config = s.config;
-        if let Some(left) = deadline::remaining() {
-            config.max_wait = config.max_wait.min(left);
+        if let Some(at) = deadline::current() {
+            config.max_wait = config.max_wait.min(at.saturating_duration_since(now));
         }
-        s.buckets.lock().unwrap_or_else(|p| p.into_inner()).take(key, &config, Instant::now())
+        let decision = s.buckets.lock().unwrap_or_else(|p| p.into_inner()).take(key, &config, now);
+        match decision {
+            Decision::Go => Ok(None),
+            Decision::Wait(wait) => Ok(Some(wait)),
+            Decision::Refuse(after) => Err(self.refused(after)),
+        }
     }
 
     fn refused<E>(&self, after: Duration) -> ResilienceError<E> {
@@ -204,13 +207,13 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let key = (self.key)(&req);
-        match self.limiter.decide(&key) {
-            Decision::Go => {
+        match self.limiter.reserve(&key) {
+            Ok(None) => {
                 let fut = self.inner.call(req);
                 Box::pin(async move { fut.await.map_err(IntoResilienceError::into_resilience) })
             }
-            Decision::Refuse(after) => Box::pin(std::future::ready(Err(self.limiter.refused(after)))),
-            Decision::Wait(wait) => {
+            Err(refused) => Box::pin(std::future::ready(Err(refused))),
+            Ok(Some(wait)) => {
                 let clone = self.inner.clone();
                 let mut svc = std::mem::replace(&mut self.inner, clone);
                 Box::pin(async move {
