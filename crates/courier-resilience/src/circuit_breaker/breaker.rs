@@ -203,7 +203,11 @@ impl CircuitBreaker {
 
     /// Asks to make a call: a [`Permit`] to record its outcome with, or a rejection while open.
     pub fn try_acquire(&self) -> Result<Permit, Rejected> {
-        let now = Instant::now();
+        self.try_acquire_at(Instant::now())
+    }
+
+    /// [`try_acquire`](Self::try_acquire) for a call starting at `now` (a caller that already read the clock).
+    pub(crate) fn try_acquire_at(&self, now: Instant) -> Result<Permit, Rejected> {
         let mut m = self.lock();
         let mut change = None;
         if m.state == CircuitState::Open && now >= m.open_until {

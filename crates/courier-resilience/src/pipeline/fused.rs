@@ -9,8 +9,10 @@
 //!   earlier of its own timeout and the deadline; a retry never sleeps past it; the bulkhead's queue and the rate
 //!   limiter never wait past it);
 //! - retries as [`Retry`](crate::retry::Retry) does them (same budget, backoff, `Retry-After`, predicate);
-//! - per attempt: the breaker's permit, then one timer for the attempt, covering the bulkhead slot, the rate
-//!   limiter's token and the transport; the outcome is recorded with the breaker.
+//! - per attempt: the breaker's permit, then one time limit for the attempt (kept by a
+//!   [`Watchdog`](crate::timeout::watchdog) shared by the pipeline's calls rather than a runtime timer per call),
+//!   covering the bulkhead slot, the rate limiter's token and the transport; the outcome is recorded with the
+//!   breaker.
 //!
 //! Errors are the layers' own (`DeadlineExceeded`, `AttemptTimeout`, `CircuitOpen` with the breaker's name,
 //! `BulkheadFull`, `RateLimited`, the service's errors). The tests of `pipeline::tests` run through this service.
@@ -31,7 +33,8 @@ use crate::error::{BoxFuture, CallError, ErrorKind, IntoResilienceError, Resilie
 use crate::rate_limit::RateLimiter;
 use crate::retry::{RetryPolicy, RetryPredicate, next_delay};
 use crate::route::Tried;
-use crate::timeout::attempt_deadline;
+use crate::timeout::attempt_deadline_at;
+use crate::timeout::watchdog::Watchdog;
 
 /// What a call goes through, shared by every clone of the service.
 pub(crate) struct Plan<Req> {
@@ -44,6 +47,8 @@ pub(crate) struct Plan<Req> {
     pub(crate) rate_limit: Option<RateLimiter<()>>,
     /// The transport is a balancer: attempts record which endpoint they went to, so a retry goes elsewhere.
     pub(crate) balanced: bool,
+    /// Bounds the attempts in time.
+    pub(crate) watchdog: Watchdog,
 }
 
 /// The fused pipeline around the transport `S`.
@@ -138,25 +143,25 @@ impl<Req: Clone + Send + 'static> Plan<Req> {
         }
     }
 
-    /// One attempt: past the breaker, within the attempt's time.
+    /// One attempt: past the breaker, within the attempt's time. The clock is read once for the breaker's
+    /// permit, the attempt's time limit and the rate limiter.
     async fn attempt<S: Transport<Req>>(&self, inner: &mut S, req: Req, tried: Option<&Tried>) -> Outcome<S, Req> {
+        let now = Instant::now();
         let permit = match &self.breaker {
-            Some(breaker) => match breaker.try_acquire() {
+            Some(breaker) => match breaker.try_acquire_at(now) {
                 Ok(permit) => Some(permit),
                 Err(rejected) => return Err(rejection(breaker, rejected)),
             },
             None => None,
         };
         let until = match self.attempt_timeout {
-            Some(timeout) => Some(attempt_deadline(timeout)),
+            Some(timeout) => Some(attempt_deadline_at(timeout, now)),
             None if self.deadline.is_some() => deadline::current().map(|at| (at, ErrorKind::DeadlineExceeded)),
             None => None,
         };
-        let work = self.admitted(inner, req, tried);
+        let work = self.admitted(inner, req, tried, now);
         let result = match until {
-            Some((at, kind)) => {
-                tokio::time::timeout_at(at, work).await.unwrap_or_else(|_| Err(ResilienceError::new(kind)))
-            }
+            Some((at, kind)) => self.watchdog.limit(at, work).await.unwrap_or_else(|_| Err(ResilienceError::new(kind))),
             None => work.await,
         };
         if let Some(permit) = permit {
@@ -166,7 +171,13 @@ impl<Req: Clone + Send + 'static> Plan<Req> {
     }
 
     /// The transport's call, once the bulkhead has a slot and the rate limiter a token.
-    async fn admitted<S: Transport<Req>>(&self, inner: &mut S, req: Req, tried: Option<&Tried>) -> Outcome<S, Req> {
+    async fn admitted<S: Transport<Req>>(
+        &self,
+        inner: &mut S,
+        req: Req,
+        tried: Option<&Tried>,
+        now: Instant,
+    ) -> Outcome<S, Req> {
         let _slot = match &self.bulkhead {
             Some(bulkhead) => Some(match bulkhead.try_acquire() {
                 Some(slot) => slot,
@@ -175,7 +186,7 @@ impl<Req: Clone + Send + 'static> Plan<Req> {
             None => None,
         };
         if let Some(limiter) = &self.rate_limit
-            && let Some(wait) = limiter.reserve(&())?
+            && let Some(wait) = limiter.reserve_at(&(), now)?
         {
             Box::pin(tokio::time::sleep(wait)).await;
         }

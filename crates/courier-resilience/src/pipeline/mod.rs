@@ -64,6 +64,7 @@ use crate::error::{IntoResilienceError, ResilienceError};
 use crate::hedge::{HedgeDelay, HedgeLayer};
 use crate::rate_limit::{RateLimitLayer, RateLimiter};
 use crate::retry::{Idempotency, RetryLayer, RetryPolicy, RetryPredicate};
+use crate::timeout::watchdog::Watchdog;
 use crate::timeout::{AttemptTimeoutLayer, DeadlineLayer};
 
 /// The service a pipeline builds: cheap to clone, `Send + Sync`, one boxed future per call.
@@ -233,6 +234,7 @@ impl<Req> ResiliencePipeline<Req> {
                 bulkhead: self.bulkhead,
                 rate_limit: self.rate_limit,
                 balanced: self.balanced,
+                watchdog: Watchdog::new(),
             };
             return Ok(BoxCloneSyncService::new(fused::Fused::new(transport, plan)));
         }

@@ -49,18 +49,25 @@ pub(crate) enum Decision {
 #[derive(Debug)]
 pub(crate) struct Buckets<K> {
     buckets: HashMap<K, Bucket>,
+    /// The one bucket of a limiter whose key type has a single value (`()`, the global limiter): no hashing.
+    single: Option<Bucket>,
 }
 
 impl<K: Hash + Eq + Clone> Buckets<K> {
     pub(crate) fn new() -> Self {
-        Self { buckets: HashMap::new() }
+        Self { buckets: HashMap::new(), single: None }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.buckets.len()
+        self.buckets.len() + usize::from(self.single.is_some())
     }
 
     pub(crate) fn take(&mut self, key: &K, config: &RateLimitConfig, now: Instant) -> Decision {
+        // A zero-sized key type has one value: every call shares one bucket.
+        if std::mem::size_of::<K>() == 0 {
+            let fresh = Bucket { tokens: f64::from(config.burst), updated: now };
+            return self.single.get_or_insert(fresh).take(config, now);
+        }
         if let Some(bucket) = self.buckets.get_mut(key) {
             return bucket.take(config, now);
         }

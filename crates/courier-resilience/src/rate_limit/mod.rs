@@ -139,8 +139,12 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// Takes a token for `key` without waiting: `None` to go now, or the wait after which the token reserved
     /// for this call is due; an error when the wait would be longer than allowed.
     pub(crate) fn reserve<E>(&self, key: &K) -> Result<Option<Duration>, ResilienceError<E>> {
+        self.reserve_at(key, Instant::now())
+    }
+
+    /// [`reserve`](Self::reserve) at `now` (a caller that already read the clock).
+    pub(crate) fn reserve_at<E>(&self, key: &K, now: Instant) -> Result<Option<Duration>, ResilienceError<E>> {
         let s = &self.shared;
-        let now = Instant::now();
         let mut config = s.config;
         if let Some(at) = deadline::current() {
             config.max_wait = config.max_wait.min(at.saturating_duration_since(now));

@@ -20,6 +20,8 @@
 //! layers classify) and cannot shorten itself to a deadline set further up.
 
 mod layer;
+#[cfg_attr(not(feature = "pipeline"), allow(dead_code))]
+pub(crate) mod watchdog;
 
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -119,7 +121,12 @@ where
 /// When an attempt with `timeout` must end, and the error if it does not: its own timeout, or the call's
 /// deadline if that comes first.
 pub(crate) fn attempt_deadline(timeout: Duration) -> (Instant, ErrorKind) {
-    let own = Instant::now() + timeout;
+    attempt_deadline_at(timeout, Instant::now())
+}
+
+/// [`attempt_deadline`] for an attempt starting at `now`.
+pub(crate) fn attempt_deadline_at(timeout: Duration, now: Instant) -> (Instant, ErrorKind) {
+    let own = now + timeout;
     match deadline::current() {
         Some(d) if d < own => (d, ErrorKind::DeadlineExceeded),
         _ => (own, ErrorKind::AttemptTimeout),
