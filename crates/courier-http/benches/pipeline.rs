@@ -7,8 +7,8 @@
 //!   bulkhead, rate limit;
 //! - `full+hedge`: the same plus hedging at the observed p99 (a timer per call).
 //!
-//! Two measures per client, rounds interleaved so machine noise hits all alike: requests/s with 16 callers in a
-//! closed loop, and p50/p99 latency of one caller at a time. Run it with
+//! Three measures per client, rounds interleaved so machine noise hits all alike: requests/s with 16 callers in a
+//! closed loop, the process's CPU time per request in that phase, and p50/p99 latency of one caller at a time. Run it with
 //! `cargo bench -p courier-http --bench pipeline`; `COURIER_BENCH_SECS` (default 2) sets each phase's length and
 //! `COURIER_BENCH_ROUNDS` (default 3) the rounds, `COURIER_BENCH_CALLERS` (default 16) the concurrent callers; `COURIER_BENCH_ONLY=full` (a comma-separated list of client
 //! names) runs only those clients, for profiling; the one-layer clients `deadline`, `retry`, `breaker`, `attempt`,
