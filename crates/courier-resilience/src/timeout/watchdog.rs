@@ -121,21 +121,33 @@ impl Watchdog {
             }
         };
         let shared = &self.shared;
-        if !shared.sweeping.load(Ordering::SeqCst) && !shared.sweeping.swap(true, Ordering::SeqCst) {
-            tokio::spawn(sweep(Sweeper { shared: shared.clone(), finished: false }));
-        } else if shared.nanos(limit) < shared.next.load(Ordering::SeqCst) {
+        if !self.start_sweeper() && shared.nanos(limit) < shared.next.load(Ordering::SeqCst) {
             shared.earlier.notify_one();
         }
         Key { shard, slot }
     }
 
-    fn update(&self, key: Key, waker: &Waker) {
-        let mut s = self.shard(key.shard);
-        if let Some(Some(entry)) = s.entries.get_mut(key.slot)
-            && !entry.waker.will_wake(waker)
-        {
-            entry.waker = waker.clone();
+    /// Starts a sweeper on this runtime if none runs; whether it did.
+    fn start_sweeper(&self) -> bool {
+        let shared = &self.shared;
+        if shared.sweeping.load(Ordering::SeqCst) || shared.sweeping.swap(true, Ordering::SeqCst) {
+            return false;
         }
+        tokio::spawn(sweep(Sweeper { shared: shared.clone(), finished: false }));
+        true
+    }
+
+    fn update(&self, key: Key, waker: &Waker) {
+        {
+            let mut s = self.shard(key.shard);
+            if let Some(Some(entry)) = s.entries.get_mut(key.slot)
+                && !entry.waker.will_wake(waker)
+            {
+                entry.waker = waker.clone();
+            }
+        }
+        // The sweeper's runtime may have shut down while this call waited on another one.
+        self.start_sweeper();
     }
 
     fn leave(&self, key: Key) {
@@ -184,8 +196,8 @@ fn shard_of_this_thread() -> usize {
     SHARD.with(|s| *s)
 }
 
-/// The sweeper task's hold on the table. Dropped unfinished (its runtime shut down), it clears `sweeping` so the
-/// next call starts another.
+/// The sweeper task's hold on the table. Dropped unfinished (its runtime shut down), it clears `sweeping` and
+/// wakes every waiting call, so that one of them (on a runtime still running) starts another.
 struct Sweeper {
     shared: Arc<Shared>,
     finished: bool,
@@ -193,9 +205,16 @@ struct Sweeper {
 
 impl Drop for Sweeper {
     fn drop(&mut self) {
-        if !self.finished {
-            self.shared.sweeping.store(false, Ordering::SeqCst);
+        if self.finished {
+            return;
         }
+        self.shared.sweeping.store(false, Ordering::SeqCst);
+        let mut waiting = Vec::new();
+        for shard in self.shared.shards.iter() {
+            let s = shard.lock().unwrap_or_else(|p| p.into_inner());
+            waiting.extend(s.entries.iter().flatten().map(|entry| entry.waker.clone()));
+        }
+        waiting.into_iter().for_each(Waker::wake);
     }
 }
 
@@ -268,6 +287,7 @@ async fn sweep(mut sweeper: Sweeper) {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
     use std::time::Duration;
 
     use super::*;
@@ -335,6 +355,46 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(scan(&watchdog.shared).entries, 0);
         assert!(!watchdog.shared.sweeping.load(Ordering::SeqCst), "no call waits: the sweeper ended");
+    }
+
+    #[test]
+    fn a_call_on_another_runtime_is_timed_after_the_sweepers_runtime_ends() {
+        let watchdog = Watchdog::new();
+        let first = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let second = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        // A call on the first runtime starts the sweeper there.
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let w = watchdog.clone();
+        first.spawn(async move {
+            let limit = Instant::now() + std::time::Duration::from_secs(100);
+            let waiting = w.limit(limit, std::future::pending::<()>());
+            tokio::pin!(waiting);
+            let _ = futures_poll_once(waiting.as_mut()).await;
+            entered_tx.send(()).unwrap();
+            waiting.await
+        });
+        let driver = std::thread::spawn(move || {
+            first.block_on(async { tokio::time::sleep(std::time::Duration::from_millis(50)).await });
+            first
+        });
+        entered.recv().unwrap();
+        let w = watchdog.clone();
+        let call = second.spawn(async move {
+            let start = Instant::now();
+            let limited = w.limit(start + std::time::Duration::from_millis(300), std::future::pending::<()>());
+            // A runtime timer as the referee: without a sweeper the call would wait forever.
+            let r = tokio::time::timeout(std::time::Duration::from_secs(5), limited).await;
+            (r, start.elapsed())
+        });
+        drop(driver.join().unwrap());
+        let (result, elapsed) = second.block_on(call).unwrap();
+        assert_eq!(result, Ok(Err(Elapsed)), "the watchdog, not the referee, ended the call");
+        assert!(elapsed < std::time::Duration::from_secs(2), "timed out at {elapsed:?}, not left waiting");
+    }
+
+    /// Polls `future` once.
+    async fn futures_poll_once<F: Future + Unpin>(mut future: F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut future).poll(cx))).await
     }
 
     #[test]
