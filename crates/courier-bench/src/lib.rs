@@ -103,7 +103,38 @@ struct Sink {
     handled: AtomicU64,
     target: u64,
     done: Notify,
-    latency: Mutex<Histogram<u64>>,
+    latency: Latencies,
+}
+
+/// Latencies recorded by handlers running on every worker thread: one histogram per thread, merged at the end, so
+/// recording does not contend on one lock across threads (the raw baselines record from a single task, lock-free).
+struct Latencies {
+    shards: Box<[Mutex<Histogram<u64>>]>,
+}
+
+impl Latencies {
+    fn new() -> Self {
+        let shards = std::thread::available_parallelism().map_or(4, |n| n.get() * 2);
+        let histogram = || Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"));
+        Self { shards: (0..shards).map(|_| histogram()).collect() }
+    }
+
+    fn record(&self, us: u64) {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        thread_local! {
+            static SHARD: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+        }
+        let shard = SHARD.with(|s| *s as usize) % self.shards.len();
+        let _ = self.shards[shard].lock().unwrap_or_else(|p| p.into_inner()).record(us.min(600_000_000));
+    }
+
+    fn merged(&self) -> Histogram<u64> {
+        let mut all = Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
+        for shard in self.shards.iter() {
+            all.add(&*shard.lock().unwrap_or_else(|p| p.into_inner())).expect("histograms with the same bounds");
+        }
+        all
+    }
 }
 
 /// Starts a consumer on a fresh queue that records publish-to-handle latency; returns it with its sink.
@@ -113,7 +144,7 @@ async fn start_sink(engine: &Engine, target: u64) -> Result<(Bus, Arc<Sink>, Str
         handled: AtomicU64::new(0),
         target,
         done: Notify::new(),
-        latency: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")),
+        latency: Latencies::new(),
     });
     let s = sink.clone();
     let bus = Bus::builder(queue.clone())
@@ -125,7 +156,7 @@ async fn start_sink(engine: &Engine, target: u64) -> Result<(Bus, Arc<Sink>, Str
             let s = s.clone();
             async move {
                 let us = (chrono_now_micros() - ctx.envelope().time.timestamp_micros()).max(1) as u64;
-                let _ = s.latency.lock().unwrap_or_else(|p| p.into_inner()).record(us.min(600_000_000));
+                s.latency.record(us);
                 if s.handled.fetch_add(1, Ordering::Relaxed) + 1 == s.target {
                     s.done.notify_one();
                 }
@@ -195,7 +226,7 @@ pub async fn bus_throughput(
     consumer.shutdown().await;
     producer.shutdown().await;
     remove_queue(engine, &queue).await;
-    let latency = sink.latency.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let latency = sink.latency.merged();
     Ok(Figures::new(scenario, messages, elapsed, Some(&latency)))
 }
 
@@ -237,7 +268,7 @@ pub async fn bus_latency_at_rate(
     consumer.shutdown().await;
     producer.shutdown().await;
     remove_queue(engine, &queue).await;
-    let latency = sink.latency.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let latency = sink.latency.merged();
     Ok(Figures::new(scenario, messages, elapsed, Some(&latency)))
 }
 
