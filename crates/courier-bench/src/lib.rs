@@ -140,12 +140,7 @@ impl Latencies {
 /// Starts a consumer on a fresh queue that records publish-to-handle latency; returns it with its sink.
 async fn start_sink(engine: &Engine, target: u64) -> Result<(Bus, Arc<Sink>, String)> {
     let queue = format!("bench-{}", uuid_suffix());
-    let sink = Arc::new(Sink {
-        handled: AtomicU64::new(0),
-        target,
-        done: Notify::new(),
-        latency: Latencies::new(),
-    });
+    let sink = Arc::new(Sink { handled: AtomicU64::new(0), target, done: Notify::new(), latency: Latencies::new() });
     let s = sink.clone();
     let bus = Bus::builder(queue.clone())
         .engine_instance(engine.clone())

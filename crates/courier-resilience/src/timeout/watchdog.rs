@@ -6,8 +6,8 @@
 //! shard of a table (a lock that is rarely contended: callers pick their shard by thread) and takes it out when
 //! it ends; one sweeper task per watchdog sleeps until the earliest limit in the table, wakes the calls whose
 //! limit passed, and sleeps again. A call checks its own limit whenever it is polled, so it fails at its limit
-//! (to the runtime timer's millisecond) whether the sweeper or its own progress wakes it. The sweeper runs only
-//! while calls wait and ends when the table is empty.
+//! (to the runtime timer's millisecond) whether the sweeper or its own progress wakes it. The sweeper runs while
+//! calls wait and ends when the table has been empty for a second.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -196,6 +196,9 @@ fn shard_of_this_thread() -> usize {
     SHARD.with(|s| *s)
 }
 
+/// How long a sweeper with no call to watch waits for one before it ends.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The sweeper task's hold on the table. Dropped unfinished (its runtime shut down), it clears `sweeping` and
 /// wakes every waiting call, so that one of them (on a runtime still running) starts another.
 struct Sweeper {
@@ -250,13 +253,19 @@ fn scan(shared: &Shared) -> Scan {
 }
 
 /// The sweeper: wakes the calls whose limit passed, then sleeps until the earliest limit left (or until a call
-/// with an earlier one arrives); ends when no call waits.
+/// with an earlier one arrives); ends when no call has waited for a while ([`LINGER`]).
 async fn sweep(mut sweeper: Sweeper) {
     let shared = sweeper.shared.clone();
     loop {
         shared.next.store(u64::MAX, Ordering::SeqCst);
         let found = scan(&shared);
         if found.entries == 0 {
+            // Linger a while first: calls made one after another would otherwise start a sweeper each. A call
+            // that enters now sees `next` unset and wakes the sweeper.
+            tokio::select! {
+                _ = tokio::time::sleep(LINGER) => {}
+                _ = shared.earlier.notified() => continue,
+            }
             shared.sweeping.store(false, Ordering::SeqCst);
             // A call that entered after its shard was scanned may have seen the sweeper still running: look
             // again, and go on if one did (unless that call started a sweeper of its own).
@@ -352,7 +361,7 @@ mod tests {
             assert_eq!(result, Err(Elapsed));
             assert_eq!(elapsed, Duration::from_millis(10 * i));
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(LINGER + Duration::from_millis(5)).await;
         assert_eq!(scan(&watchdog.shared).entries, 0);
         assert!(!watchdog.shared.sweeping.load(Ordering::SeqCst), "no call waits: the sweeper ended");
     }
