@@ -1,5 +1,6 @@
 //! Publish-to-handle throughput and latency of the Redis transport, next to a raw Redis Streams client doing the
-//! same work in the same run (XADD with 256 in flight; XREADGROUP batches; XACK).
+//! same work in the same run (XADD with 256 in flight; XREADGROUP batches; XACK), and the raw client doing the
+//! work of Courier's contract (message metadata and a JSON body, decoded; XACK and XDEL in one transaction).
 //!
 //! Run: `cargo bench -p courier-redis --bench throughput` (needs Redis at `COURIER_TEST_REDIS_URL`, default
 //! `redis://127.0.0.1:6379`). Size: `COURIER_BENCH_MESSAGES` (default 100,000). Uses its own key prefix and
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use courier_bench::{CpuMeter, Figures, bus_latency_at_rate, bus_throughput, payload};
+use courier_bench::{BenchMessage, CpuMeter, Figures, bus_latency_at_rate, bus_throughput, payload};
 
 const SERVER: Option<&str> = Some("redis-server");
 use courier_redis::{RedisOptions, RedisTransport};
@@ -37,67 +38,41 @@ async fn conn(client: &redis::Client) -> MultiplexedConnection {
     client.get_multiplexed_async_connection_with_config(&config).await.expect("connect")
 }
 
-/// The raw baseline: `messages` XADDs (with `in_flight` concurrent, or at `rate` per second) of a 256-byte body
-/// and a timestamp, consumed by one XREADGROUP loop (batches of up to 1,024) that XACKs each batch.
-async fn raw(client: &redis::Client, key: &str, messages: u64, rate: Option<u64>) -> Figures {
+/// A connection, once the stream `key` and its group `g` exist.
+async fn with_group(client: &redis::Client, key: &str) -> MultiplexedConnection {
     let mut admin = conn(client).await;
     let _: redis::RedisResult<()> =
         redis::cmd("XGROUP").arg("CREATE").arg(key).arg("g").arg("0").arg("MKSTREAM").query_async(&mut admin).await;
-    let body = payload(PAYLOAD);
-    let consumer = {
-        let (mut c, key) = (conn(client).await, key.to_owned());
-        tokio::spawn(async move {
-            let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
-            let mut handled = 0u64;
-            while handled < messages {
-                let reply: Value = redis::cmd("XREADGROUP")
-                    .arg("GROUP")
-                    .arg("g")
-                    .arg("c")
-                    .arg("COUNT")
-                    .arg(1024)
-                    .arg("BLOCK")
-                    .arg(1000)
-                    .arg("STREAMS")
-                    .arg(&key)
-                    .arg(">")
-                    .query_async(&mut c)
-                    .await
-                    .expect("XREADGROUP");
-                let mut ids = Vec::new();
-                let Value::Array(streams) = reply else { continue };
-                for stream in streams {
-                    let Value::Array(mut parts) = stream else { continue };
-                    let Some(Value::Array(entries)) = parts.pop() else { continue };
-                    for entry in entries {
-                        let Value::Array(mut e) = entry else { continue };
-                        let fields = e.pop();
-                        if let Some(Value::BulkString(id)) = e.pop() {
-                            ids.push(id);
-                        }
-                        if let Some(Value::Array(f)) = fields
-                            && let Some(Value::BulkString(t)) = f.get(1)
-                        {
-                            let sent: i64 = std::str::from_utf8(t).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
-                            let _ = latency.record((now_micros() - sent).max(1) as u64);
-                        }
-                    }
-                }
-                handled += ids.len() as u64;
-                if !ids.is_empty() {
-                    let _: i64 =
-                        redis::cmd("XACK").arg(&key).arg("g").arg(&ids).query_async(&mut c).await.expect("XACK");
-                }
-            }
-            latency
-        })
-    };
-    let producer = conn(client).await;
+    admin
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram")
+}
+
+/// `XREADGROUP` of up to 1,024 new entries of `key` for consumer `c` of group `g`, blocking up to a second.
+fn read_group(key: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP").arg("g").arg("c").arg("COUNT").arg(1024).arg("BLOCK").arg(1000).arg("STREAMS").arg(key).arg(">");
+    cmd
+}
+
+/// Adds `messages` entries to `key` from `IN_FLIGHT` tasks (each as soon as the last is stored, or on schedule at
+/// `rate` per second from `start`), the command for entry `seq` made by `entry`; returns when all are stored.
+async fn produce<F>(
+    producer: MultiplexedConnection,
+    key: &str,
+    messages: u64,
+    rate: Option<u64>,
+    start: Instant,
+    entry: F,
+) where
+    F: Fn(&str, u64) -> redis::Cmd + Clone + Send + 'static,
+{
     let next = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..IN_FLIGHT {
-        let (mut c, next, key, body) = (producer.clone(), next.clone(), key.to_owned(), body.clone());
+        let (mut c, next, key, entry) = (producer.clone(), next.clone(), key.to_owned(), entry.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let seq = next.fetch_add(1, Ordering::Relaxed);
@@ -108,22 +83,86 @@ async fn raw(client: &redis::Client, key: &str, messages: u64, rate: Option<u64>
                     let due = start + Duration::from_secs_f64(seq as f64 / rate as f64);
                     tokio::time::sleep_until(due.into()).await;
                 }
-                let _: String = redis::cmd("XADD")
-                    .arg(&key)
-                    .arg("*")
-                    .arg("t")
-                    .arg(now_micros())
-                    .arg("b")
-                    .arg(&body)
-                    .query_async(&mut c)
-                    .await
-                    .expect("XADD");
+                let _: String = entry(&key, seq).query_async(&mut c).await.expect("XADD");
             }
         }));
     }
     for t in tasks {
         t.await.expect("producer");
     }
+}
+
+/// One consumer reading `key` in batches until `messages` were handled: `handle` records a batch's latencies and
+/// returns its entry ids, `settle` makes the command that acknowledges them. Returns the latencies.
+fn consume<R, I, H, S>(
+    mut c: MultiplexedConnection,
+    key: &str,
+    messages: u64,
+    mut handle: H,
+    settle: S,
+) -> tokio::task::JoinHandle<Histogram<u64>>
+where
+    R: redis::FromRedisValue,
+    I: redis::ToRedisArgs + Send + 'static,
+    H: FnMut(R, &mut Histogram<u64>) -> Vec<I> + Send + 'static,
+    S: Fn(&str, &[I]) -> redis::Pipeline + Send + 'static,
+{
+    let key = key.to_owned();
+    tokio::spawn(async move {
+        let (mut latency, mut handled) = (histogram(), 0u64);
+        while handled < messages {
+            let reply: R = read_group(&key).query_async(&mut c).await.expect("XREADGROUP");
+            let ids = handle(reply, &mut latency);
+            handled += ids.len() as u64;
+            if !ids.is_empty() {
+                let _: Value = settle(&key, &ids).query_async(&mut c).await.expect("XACK");
+            }
+        }
+        latency
+    })
+}
+
+/// The raw baseline: `messages` XADDs (with `in_flight` concurrent, or at `rate` per second) of a 256-byte body
+/// and a timestamp, consumed by one XREADGROUP loop (batches of up to 1,024) that XACKs each batch.
+async fn raw(client: &redis::Client, key: &str, messages: u64, rate: Option<u64>) -> Figures {
+    let mut admin = with_group(client, key).await;
+    let body = payload(PAYLOAD);
+    let handle = |reply: Value, latency: &mut Histogram<u64>| {
+        let mut ids = Vec::new();
+        let Value::Array(streams) = reply else { return ids };
+        for stream in streams {
+            let Value::Array(mut parts) = stream else { continue };
+            let Some(Value::Array(entries)) = parts.pop() else { continue };
+            for entry in entries {
+                let Value::Array(mut e) = entry else { continue };
+                let fields = e.pop();
+                if let Some(Value::BulkString(id)) = e.pop() {
+                    ids.push(id);
+                }
+                if let Some(Value::Array(f)) = fields
+                    && let Some(Value::BulkString(t)) = f.get(1)
+                {
+                    let sent: i64 = std::str::from_utf8(t).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+                    let _ = latency.record((now_micros() - sent).max(1) as u64);
+                }
+            }
+        }
+        ids
+    };
+    let settle = |key: &str, ids: &[Vec<u8>]| {
+        let mut xack = redis::pipe();
+        xack.cmd("XACK").arg(key).arg("g").arg(ids);
+        xack
+    };
+    let consumer = consume(conn(client).await, key, messages, handle, settle);
+    let start = Instant::now();
+    let body: Arc<str> = body.into();
+    let entry = move |key: &str, _seq: u64| {
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(key).arg("*").arg("t").arg(now_micros()).arg("b").arg(&*body);
+        xadd
+    };
+    produce(conn(client).await, key, messages, rate, start, entry).await;
     let latency = consumer.await.expect("consumer");
     let elapsed = start.elapsed();
     let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(key).query_async(&mut admin).await;
@@ -132,6 +171,63 @@ async fn raw(client: &redis::Client, key: &str, messages: u64, rate: Option<u64>
         Some(r) => format!("raw Redis Streams at {r} msg/s (baseline)"),
     };
     figures(&scenario, messages, elapsed, &latency)
+}
+
+/// The raw client doing the work Courier's contract asks for, with no framework: each entry carries the same
+/// metadata as a Courier message (id, type, source, time and trace context as a JSON header field) and a
+/// JSON-encoded body; the consumer decodes both and, per batch, acknowledges and deletes the entries atomically
+/// (`MULTI` / `XACK` / `XDEL` / `EXEC`), so the stream does not grow. Shown next to the plain baseline: the gap
+/// between the two is the price of the contract, whoever pays it.
+async fn raw_equal_work(client: &redis::Client, key: &str, messages: u64) -> Figures {
+    let mut admin = with_group(client, key).await;
+    let body = payload(PAYLOAD);
+    let handle = |reply: redis::streams::StreamReadReply, latency: &mut Histogram<u64>| {
+        let mut ids = Vec::new();
+        for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
+            let headers: std::collections::BTreeMap<String, String> =
+                entry.get::<Vec<u8>>("h").and_then(|h| serde_json::from_slice(&h).ok()).expect("a JSON header field");
+            let message: BenchMessage =
+                entry.get::<Vec<u8>>("b").and_then(|b| serde_json::from_slice(&b).ok()).expect("a JSON body");
+            std::hint::black_box(message.seq);
+            let sent = headers
+                .get("time")
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map_or(0, |t| t.timestamp_micros());
+            let _ = latency.record((now_micros() - sent).max(1) as u64);
+            ids.push(entry.id);
+        }
+        ids
+    };
+    let settle = |key: &str, ids: &[String]| {
+        let mut ack_and_delete = redis::pipe();
+        ack_and_delete.atomic().cmd("XACK").arg(key).arg("g").arg(ids).cmd("XDEL").arg(key).arg(ids);
+        ack_and_delete
+    };
+    let consumer = consume(conn(client).await, key, messages, handle, settle);
+    let start = Instant::now();
+    let entry = move |key: &str, seq: u64| {
+        let headers = serde_json::json!({
+            "id": uuid::Uuid::new_v4().to_string(),
+            "type": "courier.bench.message.v1",
+            "source": "bench-producer",
+            "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "traceparent": format!("00-{}-{:016x}-01", uuid::Uuid::new_v4().simple(), seq + 1),
+        });
+        let encoded = serde_json::to_vec(&BenchMessage { seq, payload: body.clone() }).expect("a JSON body");
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(key).arg("*").arg("h").arg(headers.to_string()).arg("b").arg(encoded);
+        xadd
+    };
+    produce(conn(client).await, key, messages, None, start, entry).await;
+    let latency = consumer.await.expect("consumer");
+    let elapsed = start.elapsed();
+    let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(key).query_async(&mut admin).await;
+    figures(
+        &format!("raw Redis Streams, {IN_FLIGHT} in flight, the contract's work (metadata, JSON, XACK+XDEL)"),
+        messages,
+        elapsed,
+        &latency,
+    )
 }
 
 fn figures(scenario: &str, messages: u64, elapsed: Duration, latency: &Histogram<u64>) -> Figures {
@@ -183,18 +279,19 @@ fn main() {
             .expect("Courier throughput")
         })
         .await;
+        let equal_tp = CpuMeter::measure(SERVER, raw_equal_work(&client, &format!("{prefix}:raw3"), messages)).await;
         let raw_rate = raw(&client, &format!("{prefix}:raw2"), RATE * 5, Some(RATE)).await;
         let courier_rate =
             bus_latency_at_rate(&format!("Courier Redis transport at {RATE} msg/s"), &engine, RATE, 5.0, PAYLOAD)
                 .await
                 .expect("Courier latency at rate");
-        vec![raw_tp, courier_tp, raw_rate, courier_rate]
+        vec![raw_tp, courier_tp, raw_rate, courier_rate, equal_tp]
     });
     delete_keys(&client, &prefix);
     println!("\n{} 256-byte messages, publish to handle\n", messages);
     println!("{}", Figures::header());
-    for row in &rows {
-        println!("{}", row.row());
+    for i in [0, 4, 1, 2, 3] {
+        println!("{}", rows[i].row());
     }
     println!(
         "\nCourier / raw throughput: {:.0}%; p99 at {RATE} msg/s: Courier {:.2} ms, raw {:.2} ms",
@@ -202,4 +299,5 @@ fn main() {
         rows[3].p99_us.unwrap_or(0) as f64 / 1000.0,
         rows[2].p99_us.unwrap_or(0) as f64 / 1000.0
     );
+    println!("Courier / raw doing the contract's work: {:.0}%", 100.0 * rows[1].per_second / rows[4].per_second);
 }
