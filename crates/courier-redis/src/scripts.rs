@@ -83,17 +83,21 @@ return 1
 
 /// KEYS: each message's type binding set. ARGV: prefix, then headers and body of each message in turn. Appends
 /// every message to every queue bound to its type, in order (a batch of concurrent publishes: one round trip and
-/// one script run instead of one each); returns how many messages.
+/// one script run instead of one each; each type's stream names are built once a batch); returns how many
+/// messages.
 const PUBLISH_MANY: &str = r#"
 local p, bound = ARGV[1], {}
 for i = 1, #KEYS do
-  local qs = bound[KEYS[i]]
-  if not qs then
-    qs = redis.call('SMEMBERS', KEYS[i])
-    bound[KEYS[i]] = qs
+  local streams = bound[KEYS[i]]
+  if not streams then
+    streams = {}
+    for _, q in ipairs(redis.call('SMEMBERS', KEYS[i])) do
+      streams[#streams + 1] = p .. ':q:' .. q
+    end
+    bound[KEYS[i]] = streams
   end
-  for _, q in ipairs(qs) do
-    redis.call('XADD', p .. ':q:' .. q, '*', 'h', ARGV[2 * i], 'b', ARGV[2 * i + 1])
+  for _, stream in ipairs(streams) do
+    redis.call('XADD', stream, '*', 'h', ARGV[2 * i], 'b', ARGV[2 * i + 1])
   end
 end
 return #KEYS
