@@ -115,8 +115,11 @@ struct Latencies {
 impl Latencies {
     fn new() -> Self {
         let shards = std::thread::available_parallelism().map_or(4, |n| n.get() * 2);
-        let histogram = || Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"));
-        Self { shards: (0..shards).map(|_| histogram()).collect() }
+        Self { shards: (0..shards).map(|_| Mutex::new(Self::empty())).collect() }
+    }
+
+    fn empty() -> Histogram<u64> {
+        Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
     }
 
     fn record(&self, us: u64) {
@@ -129,7 +132,7 @@ impl Latencies {
     }
 
     fn merged(&self) -> Histogram<u64> {
-        let mut all = Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
+        let mut all = Self::empty();
         for shard in self.shards.iter() {
             all.add(&*shard.lock().unwrap_or_else(|p| p.into_inner())).expect("histograms with the same bounds");
         }

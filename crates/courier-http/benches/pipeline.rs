@@ -8,11 +8,12 @@
 //! - `full+hedge`: the same plus hedging at the observed p99 (a timer per call).
 //!
 //! Three measures per client, rounds interleaved so machine noise hits all alike: requests/s with 16 callers in a
-//! closed loop, the process's CPU time per request in that phase, and p50/p99 latency of one caller at a time. Run it with
-//! `cargo bench -p courier-http --bench pipeline`; `COURIER_BENCH_SECS` (default 2) sets each phase's length and
-//! `COURIER_BENCH_ROUNDS` (default 3) the rounds, `COURIER_BENCH_CALLERS` (default 16) the concurrent callers; `COURIER_BENCH_ONLY=full` (a comma-separated list of client
-//! names) runs only those clients, for profiling; the one-layer clients `deadline`, `retry`, `breaker`, `attempt`,
-//! `bulkhead` and `ratelimit` run only when named there.
+//! closed loop, the process's CPU time per request in that phase, and p50/p99 latency of one caller at a time.
+//! Run it with `cargo bench -p courier-http --bench pipeline`; `COURIER_BENCH_SECS` (default 2) sets each phase's
+//! length, `COURIER_BENCH_ROUNDS` (default 3) the rounds and `COURIER_BENCH_CALLERS` (default 16) the concurrent
+//! callers; `COURIER_BENCH_ONLY=full` (a comma-separated list of client names) runs only those clients, for
+//! profiling; the one-layer clients `deadline`, `retry`, `breaker`, `attempt`, `bulkhead` and `ratelimit` run
+//! only when named there.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,9 +26,9 @@ use courier_http::client::{
 };
 use hdrhistogram::Histogram;
 
-/// Courier allocates small objects on one thread and frees them on another (a message is built by a publisher
-/// and dropped by a consumer task): glibc's allocator serialises that on its arena locks, which measured about
-/// half of the client's CPU time per message on 2 cores. mimalloc does not.
+/// A request is built on one worker thread and its buffers are often freed on the other: glibc's allocator
+/// serialises that on its arena locks, which measured about a third of the CPU time per request here. mimalloc
+/// does not.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -84,8 +85,9 @@ fn seconds_from_env(name: &str, default: u64) -> u64 {
 /// there is no such file.
 fn process_cpu_ns() -> Option<u64> {
     let mut total = 0;
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        // A thread that ended since the directory was read is skipped.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
         total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
     }
     Some(total)
@@ -279,8 +281,8 @@ fn main() {
             // machine's drift disturbs least: the loss is the median of the rounds' ratios.
             let ratios: Vec<f64> = other.rates.iter().zip(&bare.rates).map(|(o, b)| o / b).collect();
             let loss = 100.0 * (1.0 - median(&ratios));
-            // On a saturated machine throughput is the cores over the CPU time per request; CPU time leaves out
-            // what the hypervisor and other processes took, so this loss is the steadier of the two.
+            // On a saturated machine throughput is the cores over the CPU time per request: the same loss seen
+            // from the scheduler's clock, which leaves out what the hypervisor and other processes took.
             let cpu_ratios: Vec<f64> = other.cpu.iter().zip(&bare.cpu).map(|(o, b)| b / o).collect();
             let cpu_loss = if cpu_ratios.is_empty() {
                 String::new()

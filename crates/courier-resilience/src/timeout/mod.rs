@@ -22,7 +22,8 @@
 //! These layers use a runtime timer per call. The fused [`ResiliencePipeline`](crate::pipeline) does not: its
 //! attempts share a watchdog (one sweeper task per pipeline, sleeping until the earliest limit of the calls that
 //! wait), because registering and cancelling a tokio timer take the runtime's one timer lock, which was 40% of the
-//! pipeline's cost on loopback HTTP. No crate offers a shared, sharded limit like it; the limits fire as exactly.
+//! pipeline's cost on loopback HTTP. No crate offers a shared, sharded table of limits like it; its limits fire at
+//! the same millisecond as the runtime's timers.
 
 mod layer;
 #[cfg_attr(not(feature = "pipeline"), allow(dead_code))]
