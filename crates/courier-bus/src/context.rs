@@ -1,6 +1,5 @@
 //! What a handler knows about the message it handles, and how it sends more.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use courier_core::{Envelope, Message, Result, TraceParent};
@@ -91,7 +90,7 @@ impl Context {
     }
 
     /// Extension headers (anything that is not a CloudEvents attribute Courier models).
-    pub fn headers(&self) -> &BTreeMap<String, String> {
+    pub fn headers(&self) -> &courier_core::Headers {
         &self.inner.envelope.extensions
     }
 

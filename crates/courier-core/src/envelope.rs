@@ -1,11 +1,9 @@
 //! The CloudEvents 1.0 envelope, in binary content mode: attributes travel as headers, the body as the payload.
 
-use std::collections::BTreeMap;
-
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::{Codec, Error, Message, Result};
+use crate::{Codec, Error, Headers, Message, Result};
 
 /// CloudEvents attribute names, as header keys on every transport.
 pub mod attr {
@@ -79,16 +77,15 @@ pub fn is_implied_attribute(name: &str, value: &str) -> bool {
 /// without one are left as they came (not a Courier message, they are dead-lettered as such).
 ///
 /// ```
-/// # use std::collections::BTreeMap;
-/// let mut headers = BTreeMap::from([("type".to_owned(), "shop.order.placed.v1".to_owned())]);
+/// let mut headers = courier_core::Headers::from([("type", "shop.order.placed.v1")]);
 /// courier_core::restore_implied_attributes(&mut headers);
 /// assert_eq!(headers.get("specversion").map(String::as_str), Some("1.0"));
 /// assert_eq!(headers.get("datacontenttype").map(String::as_str), Some("application/json"));
 /// ```
-pub fn restore_implied_attributes(headers: &mut BTreeMap<String, String>) {
+pub fn restore_implied_attributes(headers: &mut Headers) {
     if headers.contains_key(attr::TYPE) {
         for (name, value) in IMPLIED_ATTRIBUTES {
-            headers.entry(name.to_owned()).or_insert_with(|| value.to_owned());
+            headers.get_or_insert_with(crate::HeaderName::from_static(name), || value.to_owned());
         }
     }
 }
@@ -100,7 +97,7 @@ pub fn restore_implied_attributes(headers: &mut BTreeMap<String, String>) {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawMessage {
     /// Header name to value (CloudEvents attributes and extensions, lower case).
-    pub headers: BTreeMap<String, String>,
+    pub headers: Headers,
     /// The body.
     pub body: Bytes,
 }
@@ -150,7 +147,7 @@ pub struct Envelope {
     /// After this time the message is not handled.
     pub expires_at: Option<DateTime<Utc>>,
     /// Any other headers (user extensions, failure annotations).
-    pub extensions: BTreeMap<String, String>,
+    pub extensions: Headers,
     /// The encoded body.
     pub data: Bytes,
 }
@@ -171,7 +168,7 @@ impl Envelope {
             partition_key: message.partition_key(),
             reply_to: None,
             expires_at: None,
-            extensions: BTreeMap::new(),
+            extensions: Headers::new(),
             data: <M::Codec as Codec>::encode(message)?,
         })
     }
@@ -198,9 +195,10 @@ impl Envelope {
 
     /// Maps the envelope to transport headers and body (binary content mode).
     pub fn into_raw(self) -> RawMessage {
+        use crate::HeaderName as N;
         let mut headers = self.extensions;
-        let mut put = |k: &str, v: String| {
-            headers.insert(k.to_owned(), v);
+        let mut put = |k: &'static str, v: String| {
+            headers.insert(N::from_static(k), v);
         };
         put(attr::SPECVERSION, "1.0".to_owned());
         put(attr::ID, self.id);
@@ -228,40 +226,69 @@ impl Envelope {
     /// Validates transport headers as a CloudEvents 1.0 envelope. Never panics; a missing or malformed required
     /// attribute is an [`ErrorKind::Envelope`](crate::ErrorKind::Envelope) error naming it.
     pub fn from_raw(raw: RawMessage) -> Result<Self> {
-        let RawMessage { mut headers, body } = raw;
-        match headers.remove(attr::SPECVERSION).as_deref() {
+        let RawMessage { headers, body } = raw;
+        // One pass over the headers: each attribute moves into its field, anything else into the extensions (in
+        // name order already, so each lands at the end).
+        let (mut specversion, mut id, mut source, mut message_type, mut time, mut content_type) =
+            (None, None, None, None, None, None);
+        let (mut correlation_id, mut causation_id, mut traceparent, mut tracestate) = (None, None, None, None);
+        let (mut partition_key, mut reply_to, mut expires_at) = (None, None, None);
+        let mut extensions = Headers::new();
+        for (name, value) in headers {
+            let field = match name.as_str() {
+                attr::SPECVERSION => &mut specversion,
+                attr::ID => &mut id,
+                attr::SOURCE => &mut source,
+                attr::TYPE => &mut message_type,
+                attr::TIME => &mut time,
+                attr::DATACONTENTTYPE => &mut content_type,
+                attr::CORRELATIONID => &mut correlation_id,
+                attr::CAUSATIONID => &mut causation_id,
+                attr::TRACEPARENT => &mut traceparent,
+                attr::TRACESTATE => &mut tracestate,
+                attr::PARTITIONKEY => &mut partition_key,
+                attr::REPLYTO => &mut reply_to,
+                attr::EXPIRESAT => &mut expires_at,
+                _ => {
+                    extensions.insert(name, value);
+                    continue;
+                }
+            };
+            *field = Some(value);
+        }
+        match specversion.as_deref() {
             Some("1.0") => {}
             Some(other) => return Err(Error::envelope(format!("unsupported CloudEvents specversion '{other}'"))),
             None => return Err(Error::envelope("missing CloudEvents attribute 'specversion'")),
         }
-        let mut required = |name: &str| -> Result<String> {
-            match headers.remove(name) {
+        let required = |name: &str, value: Option<String>| -> Result<String> {
+            match value {
                 Some(v) if !v.trim().is_empty() => Ok(v),
                 _ => Err(Error::envelope(format!("missing CloudEvents attribute '{name}'"))),
             }
         };
-        let id = required(attr::ID)?;
-        let source = required(attr::SOURCE)?;
-        let message_type = required(attr::TYPE)?;
-        let time = match headers.remove(attr::TIME) {
+        let id = required(attr::ID, id)?;
+        let source = required(attr::SOURCE, source)?;
+        let message_type = required(attr::TYPE, message_type)?;
+        let time = match time {
             Some(t) => parse_time(attr::TIME, &t)?,
             None => Utc::now(),
         };
-        let expires_at = headers.remove(attr::EXPIRESAT).map(|t| parse_time(attr::EXPIRESAT, &t)).transpose()?;
+        let expires_at = expires_at.map(|t| parse_time(attr::EXPIRESAT, &t)).transpose()?;
         Ok(Self {
             id,
             source,
             message_type,
             time,
-            content_type: headers.remove(attr::DATACONTENTTYPE).unwrap_or_else(|| "application/json".to_owned()),
-            correlation_id: headers.remove(attr::CORRELATIONID),
-            causation_id: headers.remove(attr::CAUSATIONID),
-            traceparent: headers.remove(attr::TRACEPARENT),
-            tracestate: headers.remove(attr::TRACESTATE),
-            partition_key: headers.remove(attr::PARTITIONKEY),
-            reply_to: headers.remove(attr::REPLYTO),
+            content_type: content_type.unwrap_or_else(|| "application/json".to_owned()),
+            correlation_id,
+            causation_id,
+            traceparent,
+            tracestate,
+            partition_key,
+            reply_to,
             expires_at,
-            extensions: headers,
+            extensions,
             data: body,
         })
     }
@@ -297,7 +324,7 @@ mod tests {
     fn round_trips_through_headers() {
         let mut env = Envelope::for_message("svc", &Ping { n: 7 }).unwrap();
         env.correlation_id = Some("c-1".into());
-        env.extensions.insert("tenant".into(), "acme".into());
+        env.extensions.insert("tenant", "acme");
         let raw = env.clone().into_raw();
         assert_eq!(raw.header("specversion"), Some("1.0"));
         assert_eq!(raw.header("type"), Some("test.ping.v1"));
@@ -310,12 +337,12 @@ mod tests {
 
     #[test]
     fn rejects_bad_input_without_panicking() {
-        let raw = RawMessage { headers: BTreeMap::new(), body: Bytes::from_static(b"\xff") };
+        let raw = RawMessage { headers: Headers::new(), body: Bytes::from_static(b"\xff") };
         let err = Envelope::from_raw(raw).unwrap_err();
         assert!(err.to_string().contains("specversion"));
 
         let mut env = Envelope::for_message("svc", &Ping { n: 1 }).unwrap().into_raw();
-        env.headers.insert("time".into(), "yesterday".into());
+        env.headers.insert("time", "yesterday");
         assert!(Envelope::from_raw(env).unwrap_err().to_string().contains("RFC 3339"));
 
         let mut env = Envelope::for_message("svc", &Ping { n: 1 }).unwrap();

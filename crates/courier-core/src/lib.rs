@@ -2,7 +2,8 @@
 //!
 //! - [`Message`]: a typed message with a stable, versioned name (`shop.order.placed.v1`).
 //! - [`Codec`]: how a message body is encoded ([`Json`] by default).
-//! - [`Envelope`] and [`RawMessage`]: the CloudEvents 1.0 envelope, in binary content mode on every transport.
+//! - [`Envelope`] and [`RawMessage`]: the CloudEvents 1.0 envelope, in binary content mode on every transport;
+//!   [`Headers`] carry its attributes.
 //! - [`Transport`], [`Subscription`], [`Delivery`] and [`Admin`]: the contract an engine implements.
 //! - [`EngineRegistry`]: picks an engine by URL (`memory://`, `sqlite://path`, ...).
 //! - [`Error`]: one error type with a kind that can be asked questions.
@@ -15,6 +16,7 @@ mod engine;
 mod envelope;
 mod error;
 mod fingerprint;
+mod headers;
 mod message;
 mod outbox;
 mod saga;
@@ -28,6 +30,7 @@ pub use envelope::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use fingerprint::{failure_fingerprint, normalise_error_message};
+pub use headers::{HeaderName, Headers};
 pub use message::{Message, MessageRef, Request};
 pub use outbox::{OutboxDestination, OutboxLag, OutboxRecord, OutboxStore};
 pub use saga::{SagaOutgoing, SagaRecord, SagaStore, SagaTransition, SaveOutcome};

@@ -278,7 +278,7 @@ pub trait Admin: Send + Sync + fmt::Debug + 'static {
 }
 
 /// Removes the failure annotations from headers, for a replay that starts afresh.
-pub fn strip_failure_annotations(headers: &mut std::collections::BTreeMap<String, String>) {
+pub fn strip_failure_annotations(headers: &mut crate::Headers) {
     for key in [
         dead_letter_attr::REASON,
         dead_letter_attr::ERROR,

@@ -7,10 +7,8 @@
 //! The attribute values every Courier message shares ([`courier_core::IMPLIED_ATTRIBUTES`]) are left out and put back
 //! on reading.
 
-use std::collections::BTreeMap;
-
 use async_nats::HeaderMap;
-use courier_core::{is_implied_attribute, restore_implied_attributes};
+use courier_core::{HeaderName, Headers, is_implied_attribute, restore_implied_attributes};
 
 use crate::names::{DELIVER_AT, PRIOR_DELIVERIES};
 
@@ -76,10 +74,7 @@ fn unescape(text: &str) -> String {
 }
 
 /// The NATS headers for a Courier message.
-pub(crate) fn to_nats<'a>(
-    headers: impl IntoIterator<Item = (&'a String, &'a String)>,
-    extra: &[(&str, String)],
-) -> HeaderMap {
+pub(crate) fn to_nats(headers: &Headers, extra: &[(&str, String)]) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (name, value) in headers {
         if is_internal(name) || is_implied_attribute(name, value) {
@@ -99,8 +94,8 @@ pub(crate) fn is_internal(name: &str) -> bool {
 }
 
 /// The Courier headers of a NATS message (internal headers left out), and its prior delivery count.
-pub(crate) fn from_nats(headers: Option<&HeaderMap>) -> (BTreeMap<String, String>, u32) {
-    let mut out = BTreeMap::new();
+pub(crate) fn from_nats(headers: Option<&HeaderMap>) -> (Headers, u32) {
+    let mut out = Headers::new();
     let mut prior = 0;
     if let Some(headers) = headers {
         for (name, values) in headers.iter() {
@@ -113,7 +108,8 @@ pub(crate) fn from_nats(headers: Option<&HeaderMap>) -> (BTreeMap<String, String
             if is_internal(name) {
                 continue;
             }
-            out.insert(unescape(name), unescape(value.as_str()));
+            let name = if name.contains('%') { HeaderName::from(unescape(name)) } else { HeaderName::from(name) };
+            out.insert(name, unescape(value.as_str()));
         }
     }
     restore_implied_attributes(&mut out);
@@ -126,11 +122,11 @@ mod tests {
 
     #[test]
     fn awkward_headers_round_trip() {
-        let headers = BTreeMap::from([
-            ("lasterror".to_owned(), "line 1\r\nline 2 100% ".to_owned()),
-            (" odd:name".to_owned(), " padded".to_owned()),
-            ("id".to_owned(), "0190".to_owned()),
-            ("empty".to_owned(), String::new()),
+        let headers = Headers::from([
+            ("lasterror", "line 1\r\nline 2 100% "),
+            (" odd:name", " padded"),
+            ("id", "0190"),
+            ("empty", ""),
         ]);
         let nats = to_nats(&headers, &[(PRIOR_DELIVERIES, "3".to_owned())]);
         let (back, prior) = from_nats(Some(&nats));
@@ -140,9 +136,7 @@ mod tests {
 
     #[test]
     fn implied_attributes_stay_off_the_wire() {
-        let mut headers = BTreeMap::new();
-        headers.insert("type".to_owned(), "t.v1".to_owned());
-        headers.insert("specversion".to_owned(), "1.0".to_owned());
+        let headers = Headers::from([("type", "t.v1"), ("specversion", "1.0")]);
         let nats = to_nats(&headers, &[]);
         assert!(nats.get("specversion").is_none());
         let (back, _) = from_nats(Some(&nats));

@@ -303,7 +303,7 @@ impl Shared {
     }
 
     /// The body of a message whose headers may name a stored large body.
-    pub(crate) async fn body(&self, headers: &mut std::collections::BTreeMap<String, String>, body: Bytes) -> Bytes {
+    pub(crate) async fn body(&self, headers: &mut courier_core::Headers, body: Bytes) -> Bytes {
         let Some(claim) = headers.remove(crate::blobs::BLOB) else { return body };
         match crate::blobs::load(&self.blob_stream, &self.names, &claim).await {
             Ok(body) => body,

@@ -1,7 +1,5 @@
 //! [`Admin`] for [`PostgresTransport`]: queue depths and dead letters, for `courier queues` and `courier dlq`.
 
-use std::collections::BTreeMap;
-
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
@@ -62,8 +60,7 @@ impl Admin for PostgresTransport {
             .map_err(|e| db_error("cannot list dead letters", e))?;
         rows.iter()
             .map(|r| {
-                let headers: BTreeMap<String, String> =
-                    serde_json::from_str(r.try_get::<&str, _>(2)?).unwrap_or_default();
+                let headers: courier_core::Headers = serde_json::from_str(r.try_get::<&str, _>(2)?).unwrap_or_default();
                 Ok(DeadLetter {
                     entry_id: r.try_get::<i64, _>(0)?.to_string(),
                     queue: r.try_get(1)?,
@@ -97,7 +94,7 @@ impl Admin for PostgresTransport {
             ))
         };
         let (queue, message_id, headers, body) = read().map_err(|e| db_error(&doing, e))?;
-        let mut headers: BTreeMap<String, String> = serde_json::from_str(&headers).unwrap_or_default();
+        let mut headers: courier_core::Headers = serde_json::from_str(&headers).unwrap_or_default();
         courier_core::strip_failure_annotations(&mut headers);
         let headers =
             serde_json::to_string(&headers).map_err(|e| Error::engine(format!("cannot store headers: {e}")))?;

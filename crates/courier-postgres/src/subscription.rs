@@ -2,7 +2,6 @@
 //! consumers never wait for each other nor take the same message), and a renewer extends the leases of messages
 //! still being handled.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,7 +69,7 @@ fn lease_token() -> i64 {
     }
 }
 
-fn decode_headers(text: &str) -> BTreeMap<String, String> {
+fn decode_headers(text: &str) -> courier_core::Headers {
     // Headers were written by us; if a row was edited by hand and they do not parse, the message still reaches
     // the consumer, which dead-letters it as an invalid envelope.
     serde_json::from_str(text).unwrap_or_default()

@@ -1,6 +1,6 @@
 //! [`PostgresTransport`]: queues in PostgreSQL tables, shared by every process that connects to the database.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -202,7 +202,7 @@ impl PostgresTransport {
     }
 }
 
-fn encode_headers(headers: &BTreeMap<String, String>) -> Result<String> {
+fn encode_headers(headers: &courier_core::Headers) -> Result<String> {
     serde_json::to_string(headers).map_err(|e| Error::engine(format!("cannot store headers: {e}")))
 }
 

@@ -6,10 +6,8 @@
 //! which never reach the application. Headers from other producers without the prefix are read as they are,
 //! except the broker's `x-*` headers.
 
-use std::collections::BTreeMap;
-
 use bytes::Bytes;
-use courier_core::{RawMessage, attr};
+use courier_core::{Headers, RawMessage, attr};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
@@ -90,7 +88,7 @@ pub(crate) fn long(value: &str) -> AMQPValue {
 /// Reads what [`to_amqp`] writes, and also messages written with every attribute as a `cloudEvents:` header, or by
 /// other AMQP producers: their properties fill in the attributes no header gives.
 pub(crate) fn from_amqp(props: &BasicProperties, body: Bytes) -> (RawMessage, u32) {
-    let mut headers = BTreeMap::new();
+    let mut headers = Headers::new();
     let mut before = 0;
     if let Some(table) = props.headers() {
         for (k, v) in table.inner() {
@@ -99,19 +97,19 @@ pub(crate) fn from_amqp(props: &BasicProperties, body: Bytes) -> (RawMessage, u3
                 before = as_u64(v).unwrap_or(0).min(u64::from(u32::MAX - 1)) as u32;
             } else if let Some(name) = key.strip_prefix(PREFIX) {
                 if let Some(text) = as_text(v) {
-                    headers.insert(name.to_owned(), text);
+                    headers.insert(name, text);
                 }
             } else if !key.starts_with("x-")
                 && !key.starts_with("courier-")
                 && let Some(text) = as_text(v)
             {
-                headers.entry(key.to_owned()).or_insert(text);
+                headers.get_or_insert_with(key, || text);
             }
         }
     }
     for name in AS_PROPERTIES {
         if let Some(value) = property(props, name) {
-            headers.entry(name.to_owned()).or_insert_with(|| value.to_owned());
+            headers.get_or_insert_with(name, || value.to_owned());
         }
     }
     courier_core::restore_implied_attributes(&mut headers);
@@ -165,7 +163,7 @@ mod tests {
 
     #[test]
     fn round_trips_with_prefix() {
-        let mut headers = BTreeMap::new();
+        let mut headers = Headers::new();
         headers.insert("id".to_owned(), "m-1".to_owned());
         headers.insert("type".to_owned(), "t.v1".to_owned());
         headers.insert("datacontenttype".to_owned(), "application/json".to_owned());
@@ -194,19 +192,18 @@ mod tests {
         }
         let props = BasicProperties::default().with_headers(table).with_message_id("m-2".into());
         let (back, _) = from_amqp(&props, Bytes::new());
-        let expected: BTreeMap<String, String> =
-            [("specversion", "1.0"), ("id", "m-2"), ("type", "t.v1"), ("source", "old")]
-                .into_iter()
-                .chain([("datacontenttype", "application/json")]) // implied, as from_raw would
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect();
+        let expected: Headers = [("specversion", "1.0"), ("id", "m-2"), ("type", "t.v1"), ("source", "old")]
+            .into_iter()
+            .chain([("datacontenttype", "application/json")]) // implied, as from_raw would
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
         assert_eq!(back.headers, expected);
         assert_eq!(message_id(&props).as_deref(), Some("m-2"));
     }
 
     #[test]
     fn long_values_stay_headers_and_foreign_properties_fill_in() {
-        let mut headers = BTreeMap::new();
+        let mut headers = Headers::new();
         headers.insert("type".to_owned(), "t".repeat(300));
         headers.insert("id".to_owned(), "m-3".to_owned());
         let raw = RawMessage { headers, body: Bytes::new() };

@@ -111,7 +111,7 @@ impl Admin for RedisTransport {
             self.read_dead_letters(queue, None).await?.into_iter().find(|d| d.entry_id == entry_id).ok_or_else(
                 || Error::not_found(format!("no dead letter '{entry_id}' (replayed or purged already?)")),
             )?;
-        let mut headers: BTreeMap<String, String> = entry.message.headers;
+        let mut headers = entry.message.headers;
         strip_failure_annotations(&mut headers);
         let mut inv = self.core.scripts.replay.prepare_invoke();
         inv.arg(&self.core.keys.prefix).arg(queue).arg(stream_id).arg(encode_headers(&headers)?);

@@ -1,9 +1,7 @@
 //! Stream keys and entries: where a queue lives and how a message is stored in it.
 
-use std::collections::BTreeMap;
-
 use bytes::Bytes;
-use courier_core::{Error, RawMessage, Result, is_implied_attribute, restore_implied_attributes};
+use courier_core::{Error, Headers, RawMessage, Result, is_implied_attribute, restore_implied_attributes};
 use redis::Value;
 
 /// The consumer group every queue's stream has.
@@ -36,7 +34,7 @@ pub(crate) struct Entry {
     pub(crate) id: String,
     /// Deliveries counted before this entry was written.
     pub(crate) counted: u32,
-    pub(crate) headers: BTreeMap<String, String>,
+    pub(crate) headers: Headers,
     /// The `h` field as stored (JSON), kept to annotate the message on retry or dead-lettering.
     pub(crate) raw_headers: Vec<u8>,
     pub(crate) body: Bytes,
@@ -56,16 +54,20 @@ impl Entry {
 }
 
 /// Headers as stored in the `h` field (a JSON object), without the [implied](courier_core::IMPLIED_ATTRIBUTES) ones.
-pub(crate) fn encode_headers(headers: &BTreeMap<String, String>) -> Result<String> {
-    let stored: BTreeMap<&str, &str> =
-        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).filter(|(k, v)| !is_implied_attribute(k, v)).collect();
-    serde_json::to_string(&stored).map_err(|e| Error::engine(format!("cannot store headers: {e}")))
+pub(crate) fn encode_headers(headers: &Headers) -> Result<String> {
+    struct Stored<'a>(&'a Headers);
+    impl serde::Serialize for Stored<'_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+            serializer.collect_map(self.0.iter().filter(|(k, v)| !is_implied_attribute(k, v)))
+        }
+    }
+    serde_json::to_string(&Stored(headers)).map_err(|e| Error::engine(format!("cannot store headers: {e}")))
 }
 
-pub(crate) fn decode_headers(bytes: &[u8]) -> BTreeMap<String, String> {
+pub(crate) fn decode_headers(bytes: &[u8]) -> Headers {
     // Written by us; if someone XADDed by hand and they do not parse, the message still reaches the consumer,
     // which dead-letters it as an invalid envelope.
-    let mut headers: BTreeMap<String, String> = serde_json::from_slice(bytes).unwrap_or_default();
+    let mut headers: Headers = serde_json::from_slice(bytes).unwrap_or_default();
     restore_implied_attributes(&mut headers);
     headers
 }
@@ -101,14 +103,8 @@ pub(crate) fn parse_entry(v: Value) -> Option<Entry> {
     let id = text(&parts.next()?)?;
     let fields = array(parts.next()?);
     let times_delivered = parts.next().as_ref().and_then(int).unwrap_or(1).clamp(1, u32::MAX as i64) as u32;
-    let mut entry = Entry {
-        id,
-        counted: 0,
-        headers: BTreeMap::new(),
-        raw_headers: Vec::new(),
-        body: Bytes::new(),
-        times_delivered,
-    };
+    let mut entry =
+        Entry { id, counted: 0, headers: Headers::new(), raw_headers: Vec::new(), body: Bytes::new(), times_delivered };
     let mut fields = fields.into_iter();
     while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
         let Value::BulkString(name) = name else { continue };
@@ -150,10 +146,7 @@ mod tests {
 
     #[test]
     fn implied_attributes_are_not_stored() {
-        let mut headers = BTreeMap::new();
-        headers.insert("id".to_owned(), "m-1".to_owned());
-        headers.insert("type".to_owned(), "t.v1".to_owned());
-        headers.insert("datacontenttype".to_owned(), "application/json".to_owned());
+        let headers = Headers::from([("id", "m-1"), ("type", "t.v1"), ("datacontenttype", "application/json")]);
         let stored = encode_headers(&headers).unwrap();
         assert_eq!(stored, r#"{"id":"m-1","type":"t.v1"}"#);
         assert_eq!(decode_headers(stored.as_bytes()).get("datacontenttype"), headers.get("datacontenttype"));

@@ -1,6 +1,6 @@
 //! [`SqliteTransport`]: queues in one SQLite file, shared by every process that opens it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
 use courier_core::{
-    Acker, Admin, Annotations, DeadLetter, DeadLetterFilter, Delivery, Engine, Error, QueueStats, RawMessage, Result,
-    Subscription, SubscriptionOptions, Transport, now_millis,
+    Acker, Admin, Annotations, DeadLetter, DeadLetterFilter, Delivery, Engine, Error, Headers, QueueStats, RawMessage,
+    Result, Subscription, SubscriptionOptions, Transport, now_millis,
 };
 use rusqlite::{Connection, params_from_iter};
 use tokio::sync::{mpsc, oneshot};
@@ -135,11 +135,11 @@ async fn call<T>(writer: &mpsc::Sender<Op>, make: impl FnOnce(oneshot::Sender<Re
     rx.await.map_err(|_| Error::closed("the SQLite writer thread has stopped"))?
 }
 
-fn encode_headers(headers: &BTreeMap<String, String>) -> Result<String> {
+fn encode_headers(headers: &Headers) -> Result<String> {
     serde_json::to_string(headers).map_err(|e| Error::engine(format!("cannot store headers: {e}")))
 }
 
-fn decode_headers(text: &str) -> BTreeMap<String, String> {
+fn decode_headers(text: &str) -> Headers {
     // Headers were written by us; if the file was edited by hand and they do not parse, the message still
     // reaches the consumer, which dead-letters it as an invalid envelope.
     serde_json::from_str(text).unwrap_or_default()

@@ -5,7 +5,7 @@
 //! Operations arrive on a bounded channel; the caller awaits a reply that is sent only after the commit, so a
 //! returned publish is durable.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use courier_core::{Error, Result, strip_failure_annotations};
@@ -416,7 +416,7 @@ fn annotate(
         tracing::debug!(seq, "lease lost before settling; the message was redelivered elsewhere");
         return Ok(None);
     };
-    let mut map: BTreeMap<String, String> = serde_json::from_str(&headers).unwrap_or_default();
+    let mut map: courier_core::Headers = serde_json::from_str(&headers).unwrap_or_default();
     map.extend(annotations);
     Ok(Some((queue, serde_json::to_string(&map).map_err(|e| Error::engine(format!("cannot store headers: {e}")))?)))
 }
@@ -462,7 +462,7 @@ fn replay(conn: &Connection, entry: i64, now: i64, woken: &mut HashSet<String>) 
     let Some((queue, message_id, headers, body)) = found else {
         return Err(Error::not_found(format!("no dead letter with id {entry} (already replayed or purged?)")));
     };
-    let mut map: BTreeMap<String, String> = serde_json::from_str(&headers).unwrap_or_default();
+    let mut map: courier_core::Headers = serde_json::from_str(&headers).unwrap_or_default();
     strip_failure_annotations(&mut map);
     let headers = serde_json::to_string(&map).map_err(|e| Error::engine(format!("cannot store headers: {e}")))?;
     declare(conn, &queue, now)?;

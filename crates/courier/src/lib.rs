@@ -50,8 +50,8 @@ pub use courier_bus::{
 pub use courier_bus::{OutboxRelay, RelayHandle};
 pub use courier_core::{
     Admin, Codec, DeadLetter, DeadLetterFilter, Delivery, Engine, EngineFactory, EngineRegistry, Envelope, Error,
-    ErrorKind, Json, Message, MessageRef, QueueStats, RawMessage, Request, Result, Subscription, SubscriptionOptions,
-    TraceParent, Transport, attr, dead_letter_attr, failure_fingerprint,
+    ErrorKind, HeaderName, Headers, Json, Message, MessageRef, QueueStats, RawMessage, Request, Result, Subscription,
+    SubscriptionOptions, TraceParent, Transport, attr, dead_letter_attr, failure_fingerprint,
 };
 pub use courier_core::{
     OutboxDestination, OutboxLag, OutboxRecord, OutboxStore, SagaOutgoing, SagaRecord, SagaStore, SagaTransition,

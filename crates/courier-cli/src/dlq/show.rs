@@ -40,7 +40,7 @@ struct ShowView<'a> {
     entry_id: &'a str,
     queue: &'a str,
     dead_lettered_at: String,
-    headers: &'a std::collections::BTreeMap<String, String>,
+    headers: &'a courier::Headers,
     body_bytes: usize,
     /// `json`, `utf8`, `utf8-lossy` or `hex` (the first bytes only).
     body_encoding: &'static str,

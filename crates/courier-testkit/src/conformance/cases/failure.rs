@@ -1,6 +1,5 @@
 //! Failures: delayed redelivery, dead-lettering with its annotations and replay, undecodable messages.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -161,10 +160,10 @@ pub async fn undecodable_messages_are_dead_lettered(engine: Engine) {
     seen.wait_for(1, "good message before the bad ones").await;
 
     let bad_headers = RawMessage {
-        headers: BTreeMap::from([
-            (attr::SPECVERSION.to_owned(), "1.0".to_owned()),
-            (attr::TYPE.to_owned(), Job::NAME.to_owned()),
-            (attr::TIME.to_owned(), "yesterday".to_owned()),
+        headers: courier_core::Headers::from([
+            (attr::SPECVERSION, "1.0"),
+            (attr::TYPE, Job::NAME),
+            (attr::TIME, "yesterday"),
         ]),
         body: Bytes::from_static(b"{}"),
     };
