@@ -17,7 +17,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::names::{Names, decode_token};
 use crate::options::{NatsOptions, Storage};
-use crate::transport::js_error;
+use crate::transport::{get_or_create_stream, js_error};
 
 type Table = HashMap<String, BTreeSet<String>>;
 
@@ -71,8 +71,9 @@ impl Drop for Bindings {
 impl Bindings {
     /// Opens (creating if needed) the bindings stream, loads every binding and starts following changes.
     pub(crate) async fn open(js: &jetstream::Context, names: &Names, options: &NatsOptions) -> Result<Self> {
-        let stream = js
-            .get_or_create_stream(stream::Config {
+        let stream = get_or_create_stream(
+            js,
+            stream::Config {
                 name: names.bindings_stream(),
                 description: Some(format!("Courier bindings (message type -> queue) of '{}'", names.namespace)),
                 subjects: vec![format!("{}>", names.bind_prefix())],
@@ -83,9 +84,10 @@ impl Bindings {
                 },
                 num_replicas: options.replicas,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| js_error("cannot create the bindings stream", e))?;
+            },
+        )
+        .await
+        .map_err(|e| js_error("cannot create the bindings stream", e))?;
         let bindings = Self { js: js.clone(), stream, table: Arc::default(), watcher: Mutex::new(None) };
         // Subscribe before loading, so no change between the two is missed.
         let client = js.client();

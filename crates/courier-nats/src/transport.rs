@@ -72,6 +72,26 @@ fn redact(servers: &str) -> String {
         .join(",")
 }
 
+/// `get_or_create_stream`, tried again a few times when the server fails to create the stream's store. NATS 2.9
+/// removes an account's stream directory when its last stream is deleted; a stream created at that moment fails
+/// with "error creating store for stream" (error code 10049, "could not create storage directory" in the server's
+/// log), seen when one process deletes a namespace while another connects.
+pub(crate) async fn get_or_create_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> std::result::Result<stream::Stream, jetstream::context::CreateStreamError> {
+    let mut attempt = 0;
+    loop {
+        match js.get_or_create_stream(config.clone()).await {
+            Err(e) if attempt < 4 && e.to_string().contains("error creating store") => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
 pub(crate) fn js_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
     let text = e.to_string();
     let lower = text.to_ascii_lowercase();
@@ -143,8 +163,9 @@ impl NatsTransport {
             })?;
         let js = jetstream::ContextBuilder::new().timeout(options.request_timeout).build(client.clone());
         let names = Names::new(&options.namespace);
-        let queue_stream = js
-            .get_or_create_stream(stream::Config {
+        let queue_stream = get_or_create_stream(
+            &js,
+            stream::Config {
                 name: names.queue_stream(),
                 description: Some(format!("Courier queues of namespace '{}'", options.namespace)),
                 subjects: vec![format!("{}>", names.queue_prefix()), format!("{}>", names.delay_prefix())],
@@ -153,21 +174,23 @@ impl NatsTransport {
                 num_replicas: options.replicas,
                 max_consumers: -1,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| {
-                if e.to_string().to_ascii_lowercase().contains("no responders") {
-                    Error::connection(format!(
-                        "NATS at '{url}' answered but JetStream is not available: start nats-server with JetStream \
+            },
+        )
+        .await
+        .map_err(|e| {
+            if e.to_string().to_ascii_lowercase().contains("no responders") {
+                Error::connection(format!(
+                    "NATS at '{url}' answered but JetStream is not available: start nats-server with JetStream \
                          enabled (`nats-server -js`) or enable it for the account"
-                    ))
-                    .with_source(e)
-                } else {
-                    js_error(&format!("cannot create the queue stream on '{url}'"), e)
-                }
-            })?;
-        let dlq_stream = js
-            .get_or_create_stream(stream::Config {
+                ))
+                .with_source(e)
+            } else {
+                js_error(&format!("cannot create the queue stream on '{url}'"), e)
+            }
+        })?;
+        let dlq_stream = get_or_create_stream(
+            &js,
+            stream::Config {
                 name: names.dlq_stream(),
                 description: Some(format!("Courier dead letters of namespace '{}'", options.namespace)),
                 subjects: vec![format!("{}>", names.dlq_prefix())],
@@ -175,13 +198,14 @@ impl NatsTransport {
                 storage: storage(&options),
                 num_replicas: options.replicas,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| js_error(&format!("cannot create the dead-letter stream on '{url}'"), e))?;
-        let blob_stream = js
-            .get_or_create_stream(crate::blobs::stream_config(&names, storage(&options), options.replicas))
-            .await
-            .map_err(|e| js_error(&format!("cannot create the large-body stream on '{url}'"), e))?;
+            },
+        )
+        .await
+        .map_err(|e| js_error(&format!("cannot create the dead-letter stream on '{url}'"), e))?;
+        let blob_stream =
+            get_or_create_stream(&js, crate::blobs::stream_config(&names, storage(&options), options.replicas))
+                .await
+                .map_err(|e| js_error(&format!("cannot create the large-body stream on '{url}'"), e))?;
         let bindings = Bindings::open(&js, &names, &options).await?;
         Ok(Self {
             shared: Arc::new(Shared {
