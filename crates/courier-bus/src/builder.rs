@@ -224,7 +224,10 @@ impl BusBuilder {
         }
         let mut stack: Vec<Arc<dyn Middleware>> = vec![Arc::new(Tracing), Arc::new(Timing)];
         stack.extend(self.middleware);
-        stack.push(Arc::new(ImmediateRetry::new(self.retry.clone())));
+        // Without immediate retries the layer would only wrap each call in one more boxed future.
+        if self.retry.immediate_retries() > 0 {
+            stack.push(Arc::new(ImmediateRetry::new(self.retry.clone())));
+        }
         if let Some(store) = self.inbox {
             stack.push(Arc::new(Inbox::new(store)));
         }

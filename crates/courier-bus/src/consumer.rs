@@ -10,8 +10,8 @@ use chrono::{SecondsFormat, Utc};
 use courier_core::{Delivery, Envelope, Subscription, dead_letter_attr as dl, failure_fingerprint};
 use futures::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::handler::Registered;
 use crate::observer::{Consumed, Outcome};
@@ -46,7 +46,11 @@ pub(crate) async fn run_endpoint(
 ) {
     let prefetch = Arc::new(Semaphore::new(endpoint.prefetch.max(1)));
     let running = Arc::new(Semaphore::new(endpoint.concurrency.max(1)));
-    let mut tasks = JoinSet::new();
+    // One task per delivery, tracked (not joined: nothing comes back from a task) so shutdown can wait for them;
+    // `abort` stops handlers still running when the shutdown timeout ends. A `JoinSet` did the same with a lock
+    // and a wake of this loop for every task that ended.
+    let tasks = TaskTracker::new();
+    let abort = CancellationToken::new();
     let mut failures = 0u32;
     // Deliveries taken but not started when shutdown came: released only after the subscription is closed, so an
     // engine that releases by publishing a copy cannot hand that copy straight back to this closing subscription.
@@ -67,7 +71,6 @@ pub(crate) async fn run_endpoint(
             _ = shutdown.cancelled() => break,
             batch = subscription.next_batch(want) => batch,
         };
-        while tasks.try_join_next().is_some() {}
         let batch = match batch {
             Ok(batch) => {
                 failures = 0;
@@ -117,10 +120,10 @@ pub(crate) async fn run_endpoint(
                     Err(_) => break 'taking,
                 },
             };
-            let (bus, endpoint) = (bus.clone(), endpoint.clone());
+            let (bus, endpoint, abort) = (bus.clone(), endpoint.clone(), abort.clone());
             tasks.spawn(async move {
                 let _held = held;
-                process(&bus, &endpoint, delivery, running).await;
+                process(&bus, &endpoint, delivery, running, &abort).await;
             });
         }
     }
@@ -129,18 +132,24 @@ pub(crate) async fn run_endpoint(
     for delivery in unstarted {
         release(&bus, &endpoint.queue, delivery).await;
     }
-    let drained =
-        tokio::time::timeout(endpoint.shutdown_timeout, async { while tasks.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
+    tasks.close();
+    if tokio::time::timeout(endpoint.shutdown_timeout, tasks.wait()).await.is_err() {
         tracing::warn!(
             queue = %endpoint.queue,
             remaining = tasks.len(),
             "in-flight handlers did not finish within the shutdown timeout; releasing their messages for redelivery"
         );
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
+        abort.cancel();
+        // A stopped handler's delivery is dropped, which releases it; what is left is settling with the engine,
+        // bounded by the engine's own timeouts. Wait for that a little, not forever.
+        if tokio::time::timeout(SETTLE_AFTER_ABORT, tasks.wait()).await.is_err() {
+            tracing::warn!(queue = %endpoint.queue, remaining = tasks.len(), "settling still running after shutdown");
+        }
     }
 }
+
+/// How long shutdown waits, after stopping handlers that outran the shutdown timeout, for settles in progress.
+const SETTLE_AFTER_ABORT: Duration = Duration::from_secs(5);
 
 async fn release(bus: &Bus, queue: &str, delivery: Delivery) {
     let attempt = delivery.delivery_count();
@@ -153,7 +162,13 @@ async fn release(bus: &Bus, queue: &str, delivery: Delivery) {
 /// Handles one delivery end to end. Never panics on any input: a bad message is dead-lettered with its reason.
 /// `running` is the concurrency permit: released as soon as the handler returns, so settling (an engine round
 /// trip) does not hold back the next handler; the prefetch permit still bounds unsettled messages.
-async fn process(bus: &Bus, endpoint: &Endpoint, mut delivery: Delivery, running: OwnedSemaphorePermit) {
+async fn process(
+    bus: &Bus,
+    endpoint: &Endpoint,
+    mut delivery: Delivery,
+    running: OwnedSemaphorePermit,
+    abort: &CancellationToken,
+) {
     let attempt = delivery.delivery_count();
     let queue: &str = &endpoint.queue;
     let envelope = match Envelope::from_raw(delivery.take_message()) {
@@ -177,9 +192,15 @@ async fn process(bus: &Bus, endpoint: &Endpoint, mut delivery: Delivery, running
     };
     let ctx = Context::new(envelope, endpoint.queue.clone(), attempt, bus.clone(), registered.metrics.clone());
     let run = Next::new(&endpoint.middleware, &*registered.handler).run(&ctx);
-    let result = match AssertUnwindSafe(run).catch_unwind().await {
-        Ok(result) => result,
-        Err(panic) => Err(HandlerError::transient(panic_message(panic))),
+    // The handler first: one that finishes at its first poll never registers with `abort`.
+    let result = tokio::select! {
+        biased;
+        result = AssertUnwindSafe(run).catch_unwind() => match result {
+            Ok(result) => result,
+            Err(panic) => Err(HandlerError::transient(panic_message(panic))),
+        },
+        // Shutdown gave up waiting: dropping the delivery releases it for redelivery.
+        _ = abort.cancelled() => return,
     };
     drop(running);
     let envelope = ctx.into_envelope();
