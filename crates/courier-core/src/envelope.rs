@@ -156,7 +156,7 @@ impl Envelope {
     /// Builds an envelope for a typed message, with a fresh UUIDv7 id and the current time.
     pub fn for_message<M: Message>(source: &str, message: &M) -> Result<Self> {
         Ok(Self {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: uuid::Uuid::now_v7().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned(),
             source: source.to_owned(),
             message_type: M::NAME.to_owned(),
             time: Utc::now(),
@@ -204,7 +204,7 @@ impl Envelope {
         put(attr::ID, self.id);
         put(attr::SOURCE, self.source);
         put(attr::TYPE, self.message_type);
-        put(attr::TIME, self.time.to_rfc3339_opts(SecondsFormat::Micros, true));
+        put(attr::TIME, rfc3339_micros(&self.time));
         put(attr::DATACONTENTTYPE, self.content_type);
         let optional = [
             (attr::CORRELATIONID, self.correlation_id),
@@ -294,7 +294,54 @@ impl Envelope {
     }
 }
 
+/// `time` in RFC 3339, UTC, with microseconds (`2026-12-06T22:37:38.123456Z`): what chrono's
+/// `to_rfc3339_opts(SecondsFormat::Micros, true)` writes, digit by digit rather than through the formatting
+/// machinery (it runs for every message published). Years outside 0-9999 and leap seconds go to chrono.
+fn rfc3339_micros(time: &DateTime<Utc>) -> String {
+    use chrono::{Datelike, Timelike};
+    let (year, nanos) = (time.year(), time.nanosecond());
+    if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+        return time.to_rfc3339_opts(SecondsFormat::Micros, true);
+    }
+    let mut out = Vec::with_capacity(27);
+    let mut digits = |value: u32, width: u32, then: u8| {
+        for i in (0..width).rev() {
+            out.push(b'0' + (value / 10u32.pow(i) % 10) as u8);
+        }
+        out.push(then);
+    };
+    digits(year as u32, 4, b'-');
+    digits(time.month(), 2, b'-');
+    digits(time.day(), 2, b'T');
+    digits(time.hour(), 2, b':');
+    digits(time.minute(), 2, b':');
+    digits(time.second(), 2, b'.');
+    digits(nanos / 1000, 6, b'Z');
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Reads exactly the shape [`rfc3339_micros`] writes; `None` for anything else (chrono reads those).
+fn parse_rfc3339_micros(text: &str) -> Option<DateTime<Utc>> {
+    let b = text.as_bytes();
+    if b.len() != 27 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    if b[19] != b'.' || b[26] != b'Z' {
+        return None;
+    }
+    let number = |from: usize, to: usize| {
+        b[from..to].iter().try_fold(0u32, |n, c| c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0')))
+    };
+    let date = chrono::NaiveDate::from_ymd_opt(number(0, 4)? as i32, number(5, 7)?, number(8, 10)?)?;
+    let time =
+        chrono::NaiveTime::from_hms_micro_opt(number(11, 13)?, number(14, 16)?, number(17, 19)?, number(20, 26)?)?;
+    Some(date.and_time(time).and_utc())
+}
+
 fn parse_time(name: &str, value: &str) -> Result<DateTime<Utc>> {
+    if let Some(time) = parse_rfc3339_micros(value) {
+        return Ok(time);
+    }
     DateTime::parse_from_rfc3339(value)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| Error::envelope(format!("attribute '{name}' is not an RFC 3339 time ('{value}'): {e}")))
@@ -333,6 +380,28 @@ mod tests {
         assert_eq!(back.correlation_id.as_deref(), Some("c-1"));
         assert_eq!(back.extensions.get("tenant").map(String::as_str), Some("acme"));
         assert_eq!(back.decode::<Ping>().unwrap(), Ping { n: 7 });
+    }
+
+    #[test]
+    fn times_are_written_and_read_as_chrono_does() {
+        let base = DateTime::parse_from_rfc3339("0001-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
+        for step in 0..2000i64 {
+            // Spread over the years 1-9999, with every sub-second digit exercised.
+            let t =
+                base + chrono::Duration::microseconds((step * 157_079_993_003_117 + step) % 315_500_000_000_000_000);
+            let written = rfc3339_micros(&t);
+            assert_eq!(written, t.to_rfc3339_opts(SecondsFormat::Micros, true));
+            assert_eq!(parse_time("time", &written).unwrap(), t);
+        }
+        let now = Utc::now();
+        assert_eq!(parse_rfc3339_micros(&rfc3339_micros(&now)).unwrap().timestamp_micros(), now.timestamp_micros());
+        // Other RFC 3339 shapes still parse (through chrono); malformed ones are errors, not panics.
+        for other in ["2026-12-06T22:37:38Z", "2026-12-06t22:37:38.5+01:00", "2026-12-06T22:37:38.123456789Z"] {
+            assert!(parse_time("time", other).is_ok(), "{other}");
+        }
+        for bad in ["2026-13-06T22:37:38.123456Z", "2026-12-06T25:37:38.123456Z", "2026-12-06T22:37:38.12345xZ"] {
+            assert!(parse_time("time", bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

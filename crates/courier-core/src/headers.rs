@@ -38,6 +38,15 @@ impl HeaderName {
         &self.0
     }
 
+    /// The name as a static string, if it is held as one (for engines whose own header types can keep it without
+    /// copying).
+    pub fn as_static(&self) -> Option<&'static str> {
+        match self.0 {
+            Cow::Borrowed(name) => Some(name),
+            Cow::Owned(_) => None,
+        }
+    }
+
     /// Whether the name is held as a static string (one of Courier's own, or made by
     /// [`from_static`](Self::from_static)).
     pub fn is_static(&self) -> bool {

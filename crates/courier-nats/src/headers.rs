@@ -80,7 +80,14 @@ pub(crate) fn to_nats(headers: &Headers, extra: &[(&str, String)]) -> HeaderMap 
         if is_internal(name) || is_implied_attribute(name, value) {
             continue;
         }
-        map.insert(escape_name(name).as_ref(), escape_value(value).as_ref());
+        let value = escape_value(value);
+        match (name.as_static(), escape_name(name)) {
+            // A static name with nothing to escape (Courier's own names) is kept by NATS without a copy.
+            (Some(name), std::borrow::Cow::Borrowed(_)) => {
+                map.insert(async_nats::HeaderName::from_static(name), value.as_ref())
+            }
+            (_, escaped) => map.insert(escaped.as_ref(), value.as_ref()),
+        }
     }
     for (name, value) in extra {
         map.insert(*name, value.as_str());
