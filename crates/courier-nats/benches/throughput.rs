@@ -1,5 +1,7 @@
 //! Publish-to-handle through Courier on NATS JetStream, next to a raw `async-nats` client doing the same work
-//! (acknowledged JetStream publish, pull consume, explicit ack) in the same run.
+//! (acknowledged JetStream publish, pull consume, explicit ack) in the same run, and the raw client doing the work
+//! Courier's contract asks of any client (each message carries its metadata, id, type, source, time and trace
+//! context, as headers, and a JSON body; the consumer reads both).
 //!
 //! Run: `cargo bench -p courier-nats --bench throughput` (needs nats-server with `-js` on 127.0.0.1:4222 or
 //! `COURIER_TEST_NATS_URL`; about a minute). `COURIER_BENCH_MESSAGES` sets the throughput run's size (100,000).
@@ -10,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
-use courier_bench::{CpuMeter, Figures, bus_latency_at_rate, bus_throughput, payload};
+use courier_bench::{BenchMessage, CpuMeter, Figures, bus_latency_at_rate, bus_throughput, payload};
 
 const SERVER: Option<&str> = Some("nats-server");
 use courier_nats::{NatsOptions, NatsTransport, async_nats};
@@ -34,15 +36,56 @@ fn now_micros() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
+/// What the raw client puts in each message.
+#[derive(Clone, Copy, PartialEq)]
+enum Work {
+    /// A 256-byte body starting with the send time.
+    Plain,
+    /// Courier's contract: the metadata as headers (what Courier sends: id, type, source, time, traceparent) and a
+    /// JSON body of 256 bytes of payload; the consumer reads the headers, parses the time and decodes the body.
+    Contract,
+}
+
+/// Courier's metadata as NATS headers, the way a hand-written client would send them.
+fn contract_headers(seq: u64) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("id", uuid::Uuid::now_v7().to_string().as_str());
+    headers.insert("type", "courier.bench.message.v1");
+    headers.insert("source", "bench-producer");
+    headers.insert("time", chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true).as_str());
+    headers.insert("traceparent", format!("00-{}-{:016x}-01", uuid::Uuid::new_v4().simple(), seq + 1).as_str());
+    headers
+}
+
+/// The send time of a message, read as its `work` writes it.
+fn sent_micros(work: Work, m: &jetstream::Message) -> u64 {
+    match work {
+        Work::Plain => std::str::from_utf8(&m.payload[..20]).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0),
+        Work::Contract => {
+            let headers = m.headers.as_ref().expect("headers");
+            for name in ["id", "type", "source", "traceparent"] {
+                std::hint::black_box(headers.get(name).map(|v| v.as_str().len()));
+            }
+            let message: BenchMessage = serde_json::from_slice(&m.payload).expect("a JSON body");
+            std::hint::black_box(message.seq);
+            headers
+                .get("time")
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t.as_str()).ok())
+                .map_or(0, |t| t.timestamp_micros() as u64)
+        }
+    }
+}
+
 /// The raw baseline: `messages` 256-byte messages published with `in_flight` acknowledged publishes outstanding
 /// (or at `rate` per second), consumed from a durable pull consumer with explicit acks; publish-to-handle latency
-/// from a timestamp in the body.
+/// from the send time each message carries.
 async fn raw(
     scenario: &str,
     client: async_nats::Client,
     stream_name: &str,
     messages: u64,
     rate: Option<u64>,
+    work: Work,
 ) -> Figures {
     let js = jetstream::new(client);
     let subject = format!("{stream_name}.raw");
@@ -73,8 +116,7 @@ async fn raw(
         tokio::spawn(async move {
             let mut done_tx = Some(done_tx);
             while let Some(Ok(m)) = messages_stream.next().await {
-                let sent: u64 =
-                    std::str::from_utf8(&m.payload[..20]).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+                let sent = sent_micros(work, &m);
                 let _ = latency.lock().unwrap().record((now_micros().saturating_sub(sent)).clamp(1, 600_000_000));
                 let _ = m.ack().await;
                 if handled.fetch_add(1, Ordering::Relaxed) + 1 == messages
@@ -93,8 +135,14 @@ async fn raw(
             tokio::time::sleep_until((start + Duration::from_secs_f64(seq as f64 / rate as f64)).into()).await;
         }
         let permit = in_flight.clone().acquire_owned().await.unwrap();
-        let body = format!("{:>20}{filler}", now_micros());
-        let ack = js.publish(subject.clone(), body.into()).await.expect("publish");
+        let ack = match work {
+            Work::Plain => js.publish(subject.clone(), format!("{:>20}{filler}", now_micros()).into()).await,
+            Work::Contract => {
+                let body = serde_json::to_vec(&BenchMessage { seq, payload: payload(PAYLOAD) }).expect("JSON body");
+                js.publish_with_headers(subject.clone(), contract_headers(seq), body.into()).await
+            }
+        }
+        .expect("publish");
         tokio::spawn(async move {
             let _permit = permit;
             ack.await.expect("pub ack");
@@ -134,12 +182,19 @@ fn main() {
 
         let mut rows = Vec::new();
         // Warm-up, not reported.
-        let _ = raw("warm-up", client.clone(), &format!("courier_bench_raw_w{id}"), 10_000, None).await;
+        let _ = raw("warm-up", client.clone(), &format!("courier_bench_raw_w{id}"), 10_000, None, Work::Plain).await;
         let _ = bus_throughput("warm-up", &engine, 10_000, IN_FLIGHT, PAYLOAD, |_| {}).await;
 
         let raw_tp = CpuMeter::measure(
             SERVER,
-            raw("raw async-nats, 256 in flight", client.clone(), &format!("courier_bench_raw_{id}"), messages, None),
+            raw(
+                "raw async-nats, 256 in flight",
+                client.clone(),
+                &format!("courier_bench_raw_{id}"),
+                messages,
+                None,
+                Work::Plain,
+            ),
         )
         .await;
         let courier_tp = CpuMeter::measure(SERVER, async {
@@ -155,13 +210,26 @@ fn main() {
             &format!("courier_bench_rawr_{id}"),
             rate_messages,
             Some(RATE),
+            Work::Plain,
         )
         .await;
         let courier_rate =
             bus_latency_at_rate(&format!("Courier on NATS at {RATE} msg/s"), &engine, RATE, RATE_SECONDS, PAYLOAD)
                 .await
                 .expect("Courier latency run");
-        rows.extend([raw_tp.clone(), courier_tp.clone(), raw_rate.clone(), courier_rate.clone()]);
+        let contract_tp = CpuMeter::measure(
+            SERVER,
+            raw(
+                "raw async-nats, 256 in flight, the contract's work (metadata headers, JSON)",
+                client.clone(),
+                &format!("courier_bench_rawc_{id}"),
+                messages,
+                None,
+                Work::Contract,
+            ),
+        )
+        .await;
+        rows.extend([raw_tp.clone(), contract_tp.clone(), courier_tp.clone(), raw_rate.clone(), courier_rate.clone()]);
 
         println!("\n{}", Figures::header());
         for row in &rows {
@@ -170,6 +238,10 @@ fn main() {
         println!(
             "\nCourier / raw throughput: {:.1}%  (target >= 90%)",
             100.0 * courier_tp.per_second / raw_tp.per_second
+        );
+        println!(
+            "Courier / raw doing the contract's work: {:.1}%",
+            100.0 * courier_tp.per_second / contract_tp.per_second
         );
         let ms = |us: Option<u64>| us.unwrap_or(0) as f64 / 1000.0;
         println!("p99 at {RATE} msg/s: Courier {:.2} ms, raw {:.2} ms", ms(courier_rate.p99_us), ms(raw_rate.p99_us));
