@@ -95,6 +95,7 @@ mod error;
 mod inbox;
 mod options;
 mod outbox;
+mod reuse;
 mod saga;
 mod schema;
 mod settle;

@@ -16,6 +16,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::error::{db_error, retry_once};
+use crate::reuse::{Reuse, reusing};
 use crate::schema::{Sql, query};
 
 /// Leases held by one subscription and still being handled: seq -> lease token. Renewed while present.
@@ -32,7 +33,7 @@ pub(crate) enum Settle {
 }
 
 /// Runs until every sender is gone.
-pub(crate) async fn run(pool: PgPool, sql: Arc<Sql>, max_batch: usize, mut rx: mpsc::Receiver<Settle>) {
+pub(crate) async fn run(reuse: Arc<Reuse>, sql: Arc<Sql>, max_batch: usize, mut rx: mpsc::Receiver<Settle>) {
     let permits = Arc::new(Semaphore::new(SETTLERS));
     let mut settling = JoinSet::new();
     let mut batch = Vec::with_capacity(max_batch);
@@ -42,17 +43,17 @@ pub(crate) async fn run(pool: PgPool, sql: Arc<Sql>, max_batch: usize, mut rx: m
             break;
         }
         while settling.try_join_next().is_some() {}
-        let (pool, sql) = (pool.clone(), sql.clone());
+        let (reuse, sql) = (reuse.clone(), sql.clone());
         let ops = std::mem::replace(&mut batch, Vec::with_capacity(max_batch));
         settling.spawn(async move {
-            settle(&pool, &sql, ops).await;
+            settle(&reuse, &sql, ops).await;
             drop(permit);
         });
     }
     while settling.join_next().await.is_some() {}
 }
 
-async fn settle(pool: &PgPool, sql: &Sql, ops: Vec<Settle>) {
+async fn settle(reuse: &Reuse, sql: &Sql, ops: Vec<Settle>) {
     let (mut acks, mut releases) = (Batch::default(), Batch::default());
     for op in ops {
         match op {
@@ -61,14 +62,15 @@ async fn settle(pool: &PgPool, sql: &Sql, ops: Vec<Settle>) {
         }
     }
     if !acks.seqs.is_empty() {
-        let r = retry_once(|| query(&sql.ack).bind(&acks.seqs).bind(&acks.leases).execute(pool)).await;
+        let r = reusing!(reuse, |conn| query(&sql.ack).bind(&acks.seqs).bind(&acks.leases).execute(conn));
         acks.answer(r.map(drop).map_err(|e| db_error("cannot ack", e)));
     }
     if !releases.seqs.is_empty() {
-        let r = retry_once(|| {
-            query(&sql.release).bind(&releases.seqs).bind(&releases.leases).bind(&sql.channel).execute(pool)
-        })
-        .await;
+        let r = reusing!(reuse, |conn| query(&sql.release)
+            .bind(&releases.seqs)
+            .bind(&releases.leases)
+            .bind(&sql.channel)
+            .execute(conn));
         releases.answer(r.map(drop).map_err(|e| db_error("cannot release", e)));
     }
 }

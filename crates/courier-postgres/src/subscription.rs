@@ -23,6 +23,7 @@ const MAX_TAKE: usize = 1000;
 #[derive(Debug)]
 pub(crate) struct PostgresSubscription {
     pub(crate) pool: PgPool,
+    pub(crate) reuse: Arc<crate::reuse::Reuse>,
     pub(crate) sql: Arc<Sql>,
     pub(crate) settler: mpsc::Sender<Settle>,
     pub(crate) wakers: Arc<Wakers>,
@@ -79,10 +80,12 @@ impl PostgresSubscription {
     async fn take(&self, max: usize, lease: i64) -> Result<Vec<Delivery>> {
         let visibility_ms = self.visibility.as_millis() as i64;
         let limit = max.clamp(1, MAX_TAKE) as i64;
-        let rows = retry_once(|| {
-            query(&self.sql.take).bind(&self.queue).bind(limit).bind(visibility_ms).bind(lease).fetch_all(&self.pool)
-        })
-        .await
+        let rows = crate::reuse::reusing!(self.reuse, |conn| query(&self.sql.take)
+            .bind(&self.queue)
+            .bind(limit)
+            .bind(visibility_ms)
+            .bind(lease)
+            .fetch_all(conn))
         .map_err(|e| db_error(&format!("cannot take messages from '{}'", self.queue), e))?;
         let mut taken = Vec::with_capacity(rows.len());
         for row in rows {

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::db_error;
 use crate::options::{PostgresOptions, redact};
+use crate::reuse::Reuse;
 use crate::schema::{Sql, query};
 use crate::settle::{self, Settle};
 use crate::subscription::{PostgresSubscription, renew_leases};
@@ -50,6 +51,8 @@ pub struct PostgresTransport {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) pool: PgPool,
+    /// Connections reused by the hot statements (see [`Reuse`]).
+    pub(crate) reuse: Arc<Reuse>,
     pub(crate) sql: Arc<Sql>,
     pub(crate) options: PostgresOptions,
     pub(crate) declared: Arc<Mutex<HashSet<String>>>,
@@ -110,8 +113,10 @@ impl PostgresTransport {
         let declared = Arc::new(Mutex::new(HashSet::new()));
         let wakers = Arc::new(Wakers::default());
         let (writer_tx, writer_rx) = mpsc::channel(options.max_batch * 4);
+        // Half the pool at most waits idle for the hot statements; the rest serves everything else.
+        let reuse = Arc::new(Reuse::new(pool.clone(), (options.max_connections as usize / 2).max(1)));
         let context = WriterContext {
-            pool: pool.clone(),
+            reuse: reuse.clone(),
             sql: sql.clone(),
             declared: declared.clone(),
             wakers: wakers.clone(),
@@ -120,13 +125,14 @@ impl PostgresTransport {
         };
         tokio::spawn(writer::run(context, writer_rx));
         let (settle_tx, settle_rx) = mpsc::channel(options.max_batch * 4);
-        tokio::spawn(settle::run(pool.clone(), sql.clone(), options.max_batch.max(256), settle_rx));
+        tokio::spawn(settle::run(reuse.clone(), sql.clone(), options.max_batch.max(256), settle_rx));
         let notifier = tokio::spawn(wake::notify(pool.clone(), sql.clone(), wakers.clone()));
         let listener =
             tokio::spawn(wake::listen(pool.clone(), sql.channel.clone(), wakers.clone(), options.poll_interval));
         Ok(Self {
             shared: Arc::new(Shared {
                 pool,
+                reuse,
                 sql,
                 options,
                 declared,
@@ -252,6 +258,7 @@ impl Transport for PostgresTransport {
         let renewer = tokio::spawn(renew_leases(shared.pool.clone(), shared.sql.clone(), held.clone(), visibility));
         Ok(Box::new(PostgresSubscription {
             pool: shared.pool.clone(),
+            reuse: shared.reuse.clone(),
             sql: shared.sql.clone(),
             settler: shared.settler.clone(),
             wakers: shared.wakers.clone(),

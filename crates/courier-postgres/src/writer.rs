@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use courier_core::{Error, Result};
-use sqlx::{PgPool, Row};
+use sqlx::Row;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -36,7 +36,7 @@ pub(crate) struct Enqueue {
 /// What the writer needs, shared with the transport.
 #[derive(Debug)]
 pub(crate) struct WriterContext {
-    pub(crate) pool: PgPool,
+    pub(crate) reuse: Arc<crate::reuse::Reuse>,
     pub(crate) sql: Arc<Sql>,
     /// Queues known to exist (declared by this transport), so a send need not declare its queue again.
     pub(crate) declared: Arc<Mutex<HashSet<String>>>,
@@ -114,16 +114,15 @@ async fn write_batch(ctx: &WriterContext, ops: &[Enqueue]) -> Result<(), sqlx::E
             }
         }
     }
-    let rows = query(&ctx.sql.enqueue)
-        .bind(queues)
-        .bind(types)
-        .bind(ids)
-        .bind(headers)
-        .bind(bodies)
-        .bind(visible)
+    let rows = crate::reuse::reusing!(ctx.reuse, |conn| query(&ctx.sql.enqueue)
+        .bind(&queues)
+        .bind(&types)
+        .bind(&ids)
+        .bind(&headers)
+        .bind(&bodies)
+        .bind(&visible)
         .bind(&declare)
-        .fetch_all(&ctx.pool)
-        .await?;
+        .fetch_all(conn))?;
     for row in rows {
         let queue: String = row.try_get(0)?;
         ctx.wakers.announce(queue);
