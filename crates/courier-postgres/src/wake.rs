@@ -19,7 +19,6 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 
-use crate::error::retry_once;
 use crate::schema::{Sql, query};
 
 /// One [`Notify`] per queue, shared by the listener and the subscriptions of a transport.
@@ -107,7 +106,7 @@ pub(crate) async fn listen(pool: PgPool, channel: String, wakers: Arc<Wakers>, r
 
 /// Sends one notification per announced queue, coalescing announcements made while a statement runs. Runs until
 /// aborted.
-pub(crate) async fn notify(pool: PgPool, sql: Arc<Sql>, wakers: Arc<Wakers>) {
+pub(crate) async fn notify(reuse: Arc<crate::reuse::Reuse>, sql: Arc<Sql>, wakers: Arc<Wakers>) {
     loop {
         wakers.announced.notified().await;
         let queues: Vec<String> =
@@ -115,7 +114,8 @@ pub(crate) async fn notify(pool: PgPool, sql: Arc<Sql>, wakers: Arc<Wakers>) {
         if queues.is_empty() {
             continue;
         }
-        let sent = retry_once(|| query(&sql.notify).bind(&sql.channel).bind(&queues).execute(&pool)).await;
+        let sent =
+            crate::reuse::reusing!(reuse, |conn| query(&sql.notify).bind(&sql.channel).bind(&queues).execute(conn));
         if let Err(e) = sent {
             tracing::debug!(error = %e, "could not notify other processes; their consumers will find the messages");
         }
