@@ -297,6 +297,12 @@ impl Bus {
         for task in tasks {
             let _ = task.await;
         }
+        // Acknowledgements an engine sends in the background: on the engine before this returns.
+        match tokio::time::timeout(FLUSH_TIMEOUT, self.inner.transport.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not send every acknowledgement; those messages return"),
+            Err(_) => tracing::warn!("acknowledgements still unsent after {FLUSH_TIMEOUT:?}; those messages return"),
+        }
         if let Some(queue) = self.inner.replies.queue.get()
             && let Err(e) = self.inner.transport.delete_queue(queue).await
         {
@@ -320,6 +326,9 @@ impl Bus {
         self.inner.shutdown.is_cancelled()
     }
 }
+
+/// How long shutdown waits for the engine to send acknowledgements still queued.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn wait_for_signal() -> std::io::Result<()> {
     #[cfg(unix)]

@@ -70,6 +70,15 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
 
     /// Starts taking messages from `queue`.
     async fn subscribe(&self, queue: &str, options: SubscriptionOptions) -> Result<Box<dyn Subscription>>;
+
+    /// Waits until every acknowledgement handed to this transport has reached the engine (or failed, which leaves
+    /// the message to be redelivered). An engine that sends acknowledgements in the background, so that
+    /// [`Acker::ack`] returns once one is queued, implements it; the bus calls it at shutdown, once its handlers are
+    /// done, so a process that exits right after does not leave handled messages to be delivered again. The
+    /// default has nothing to wait for.
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A stream of deliveries from one queue, owned by one consumer loop.
@@ -90,7 +99,8 @@ pub trait Subscription: Send + fmt::Debug {
 /// Settles one delivery with the engine. Implemented by engines; users call the methods on [`Delivery`].
 #[async_trait]
 pub trait Acker: Send + Sync + fmt::Debug {
-    /// The message was handled: remove it.
+    /// The message was handled: remove it. May return once the acknowledgement is queued to be sent with others;
+    /// [`Transport::flush`] then waits for it.
     async fn ack(&self) -> Result<()>;
     /// Redeliver after `delay`, with the annotations set as headers.
     async fn retry(&self, delay: Duration, annotations: Annotations) -> Result<()>;

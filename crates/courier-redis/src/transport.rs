@@ -44,6 +44,10 @@ pub(crate) struct Core {
     pub(crate) options: RedisOptions,
     pub(crate) pump_wake: Arc<Notify>,
     pub(crate) name: String,
+    /// Acknowledgement batchers of dropped subscriptions still sending what was queued (see [`Transport::flush`]).
+    pub(crate) draining: std::sync::atomic::AtomicUsize,
+    /// Notified when a draining batcher ends.
+    pub(crate) drained: Notify,
     subscriptions: AtomicU64,
     pump: tokio::task::JoinHandle<()>,
     publishes: mpsc::Sender<Publish>,
@@ -110,7 +114,21 @@ impl RedisTransport {
         let (publishes, queued) = mpsc::channel(PUBLISH_BATCH);
         tokio::spawn(publish_batches(conn.clone(), scripts.clone(), keys.prefix.clone(), queued));
         let subscriptions = AtomicU64::new(0);
-        let core = Core { client, conn, keys, scripts, options, pump_wake, name, subscriptions, pump, publishes };
+        let (draining, drained) = (Default::default(), Notify::new());
+        let core = Core {
+            client,
+            conn,
+            keys,
+            scripts,
+            options,
+            pump_wake,
+            name,
+            draining,
+            drained,
+            subscriptions,
+            pump,
+            publishes,
+        };
         Ok(Self { core: Arc::new(core) })
     }
 
@@ -214,6 +232,20 @@ impl Transport for RedisTransport {
     async fn subscribe(&self, queue: &str, options: SubscriptionOptions) -> Result<Box<dyn Subscription>> {
         self.declare_queue(queue).await?;
         Ok(Box::new(RedisSubscription::new(self.core.clone(), queue, options)))
+    }
+
+    /// Acknowledgements are sent in batches in the background; this waits until the batchers of subscriptions
+    /// already dropped have sent everything their deliveries queued.
+    async fn flush(&self) -> Result<()> {
+        loop {
+            let drained = self.core.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.core.draining.load(Ordering::SeqCst) == 0 {
+                return Ok(());
+            }
+            drained.await;
+        }
     }
 }
 
