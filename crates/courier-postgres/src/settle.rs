@@ -1,6 +1,8 @@
 //! Settling deliveries. Acks and releases are frequent and cheap to group: one task per transport collects those
 //! waiting at one moment and settles them with one statement each (`DELETE ... USING unnest(seqs, leases)`).
-//! Retries and dead-lettering are rare and run on their own.
+//! Retries and dead-lettering are rare and run on their own. An ack does not wait for its statement (the handler's
+//! task would be woken once more per message for nothing it needs); [`Settle::Flush`], which the transport's
+//! `flush` sends, is answered once every settle queued before it is done.
 //!
 //! Every statement matches the message by sequence number *and* lease token, so settling a delivery whose lease
 //! expired and whose message was taken again by another consumer does nothing.
@@ -28,8 +30,18 @@ const SETTLERS: usize = 2;
 /// An ack or a release, with where to send its result (`None`: nobody waits).
 #[derive(Debug)]
 pub(crate) enum Settle {
-    Ack { seq: i64, lease: i64, reply: Option<oneshot::Sender<Result<()>>> },
-    Release { seq: i64, lease: i64, reply: Option<oneshot::Sender<Result<()>>> },
+    Ack {
+        seq: i64,
+        lease: i64,
+        reply: Option<oneshot::Sender<Result<()>>>,
+    },
+    Release {
+        seq: i64,
+        lease: i64,
+        reply: Option<oneshot::Sender<Result<()>>>,
+    },
+    /// Answered once every settle queued before it has been run.
+    Flush(oneshot::Sender<()>),
 }
 
 /// Runs until every sender is gone.
@@ -43,8 +55,15 @@ pub(crate) async fn run(reuse: Arc<Reuse>, sql: Arc<Sql>, max_batch: usize, mut 
             break;
         }
         while settling.try_join_next().is_some() {}
-        let (reuse, sql) = (reuse.clone(), sql.clone());
         let ops = std::mem::replace(&mut batch, Vec::with_capacity(max_batch));
+        if ops.iter().any(|op| matches!(op, Settle::Flush(_))) {
+            // Everything before the flush: the batches already running, then this one.
+            while settling.join_next().await.is_some() {}
+            settle(&reuse, &sql, ops).await;
+            drop(permit);
+            continue;
+        }
+        let (reuse, sql) = (reuse.clone(), sql.clone());
         settling.spawn(async move {
             settle(&reuse, &sql, ops).await;
             drop(permit);
@@ -54,11 +73,12 @@ pub(crate) async fn run(reuse: Arc<Reuse>, sql: Arc<Sql>, max_batch: usize, mut 
 }
 
 async fn settle(reuse: &Reuse, sql: &Sql, ops: Vec<Settle>) {
-    let (mut acks, mut releases) = (Batch::default(), Batch::default());
+    let (mut acks, mut releases, mut flushes) = (Batch::default(), Batch::default(), Vec::new());
     for op in ops {
         match op {
             Settle::Ack { seq, lease, reply } => acks.push(seq, lease, reply),
             Settle::Release { seq, lease, reply } => releases.push(seq, lease, reply),
+            Settle::Flush(reply) => flushes.push(reply),
         }
     }
     if !acks.seqs.is_empty() {
@@ -72,6 +92,9 @@ async fn settle(reuse: &Reuse, sql: &Sql, ops: Vec<Settle>) {
             .bind(&sql.channel)
             .execute(conn));
         releases.answer(r.map(drop).map_err(|e| db_error("cannot release", e)));
+    }
+    for flush in flushes {
+        let _ = flush.send(());
     }
 }
 
@@ -90,6 +113,15 @@ impl Batch {
     }
 
     fn answer(self, result: Result<()>) {
+        if let Err(e) = &result
+            && self.replies.len() < self.seqs.len()
+        {
+            tracing::warn!(
+                messages = self.seqs.len() - self.replies.len(),
+                error = %e,
+                "acknowledgements failed; those messages will be redelivered after their visibility timeout"
+            );
+        }
         for reply in self.replies {
             let _ = reply.send(match &result {
                 Ok(()) => Ok(()),
@@ -135,10 +167,11 @@ fn millis(d: Duration) -> i64 {
 
 #[async_trait]
 impl Acker for PostgresAcker {
+    /// Queues the ack and returns; the transport's `flush` waits for it.
     async fn ack(&self) -> Result<()> {
         self.forget();
-        let (seq, lease) = (self.seq, self.lease);
-        self.call(|reply| Settle::Ack { seq, lease, reply: Some(reply) }).await
+        let ack = Settle::Ack { seq: self.seq, lease: self.lease, reply: None };
+        self.settler.send(ack).await.map_err(|_| Error::closed("the PostgreSQL transport was dropped"))
     }
 
     async fn retry(&self, delay: Duration, annotations: Annotations) -> Result<()> {

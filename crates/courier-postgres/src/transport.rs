@@ -250,6 +250,14 @@ impl Transport for PostgresTransport {
         self.enqueue(Some(queue.to_owned()), message, deliver_at).await
     }
 
+    /// Acks are run in batches in the background; this waits until those queued before it have been run.
+    async fn flush(&self) -> Result<()> {
+        let (done, flushed) = oneshot::channel();
+        let closed = || Error::closed("the PostgreSQL settle task has stopped");
+        self.shared.settler.send(Settle::Flush(done)).await.map_err(|_| closed())?;
+        flushed.await.map_err(|_| closed())
+    }
+
     async fn subscribe(&self, queue: &str, options: SubscriptionOptions) -> Result<Box<dyn Subscription>> {
         self.declare_queue(queue).await?;
         let shared = &self.shared;

@@ -71,6 +71,9 @@ impl Transport for Faulty {
         let inner = self.inner.subscribe(queue, options).await?;
         Ok(Box::new(FaultySubscription { inner, fault: self.fault }))
     }
+    async fn flush(&self) -> Result<()> {
+        self.inner.flush().await
+    }
 }
 
 #[async_trait]

@@ -81,6 +81,9 @@ impl Transport for Cleaned {
     async fn subscribe(&self, queue: &str, options: SubscriptionOptions) -> Result<Box<dyn Subscription>> {
         self.inner.subscribe(queue, options).await
     }
+    async fn flush(&self) -> Result<()> {
+        self.inner.flush().await
+    }
 }
 
 #[async_trait]
