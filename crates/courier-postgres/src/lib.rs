@@ -32,7 +32,8 @@
 //! - **Durable publish.** `publish` and `send` return once the statement that inserted the message committed
 //!   (with the server's `synchronous_commit`, `on` by default), so a returned publish survives a crash of any
 //!   process and of the server.
-//! - **At least once.** A message is deleted only by an ack. A consumer takes messages under a lease (a random
+//! - **At least once.** A message is deleted only by an ack (run in batches in the background: `ack` returns once
+//!   queued, and `Transport::flush`, which `Bus::shutdown` calls, waits for what was queued). A consumer takes messages under a lease (a random
 //!   token and a visibility deadline); while its handlers run the lease is extended every third of the visibility
 //!   timeout. If the consumer's process dies, or its connection to PostgreSQL is cut for longer than the
 //!   visibility timeout, the message becomes visible again and is redelivered, with its delivery count increased.

@@ -25,8 +25,10 @@
 //! # Delivery guarantees
 //!
 //! - **At least once.** A delivery stays in the group's pending list until it is settled. Acknowledging removes it
-//!   (`XACK` + `XDEL`, batched). A delivery whose consumer dies (process killed, connection lost) is claimed by
-//!   another consumer of the queue (`XAUTOCLAIM`) once it has been idle for the visibility timeout; a live
+//!   (`XACK` + `XDEL`, batched and sent in the background: `ack` returns once it is queued, the entry stays held
+//!   until its batch is done, and `Transport::flush`, which `Bus::shutdown` calls, waits for what was queued). A
+//!   delivery whose consumer dies (process killed, connection lost) is claimed by another consumer of the queue
+//!   (`XAUTOCLAIM`) once it has been idle for the visibility timeout; a live
 //!   consumer resets the idle time of the messages it holds every third of that timeout, so slow handlers keep
 //!   their messages. Duplicates are therefore possible: use the inbox for exactly-once effects.
 //! - **Delivery count.** Courier's count travels in the entry (field `n`) and Redis's own delivery count is added
