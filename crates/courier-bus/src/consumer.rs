@@ -161,7 +161,8 @@ async fn release(bus: &Bus, queue: &str, delivery: Delivery) {
 
 /// Handles one delivery end to end. Never panics on any input: a bad message is dead-lettered with its reason.
 /// `running` is the concurrency permit: released as soon as the handler returns, so settling (an engine round
-/// trip) does not hold back the next handler; the prefetch permit still bounds unsettled messages.
+/// trip) does not hold back the next handler; the prefetch permit still bounds unsettled messages (up to the
+/// settle being handed to the engine: one that acknowledges in the background holds a few more until it sends).
 async fn process(
     bus: &Bus,
     endpoint: &Endpoint,
