@@ -33,7 +33,8 @@ pub type Annotations = Vec<(String, String)>;
 /// How a consumer takes messages from a queue.
 #[derive(Debug, Clone)]
 pub struct SubscriptionOptions {
-    /// The most messages held unsettled at once by this subscription.
+    /// The most messages held unsettled at once by this subscription (handed to handlers and not yet settled; an
+    /// engine that sends acknowledgements in the background may briefly hold more, until they are sent).
     pub prefetch: usize,
     /// How long a taken message stays invisible to others before the engine assumes its consumer died and
     /// redelivers it. Engines that detect dead consumers by connection ignore it.
