@@ -35,6 +35,23 @@ pub mod attr {
     pub const EXPIRESAT: &str = "expiresat";
     /// Extension: the delivery attempt, starting at 1.
     pub const ATTEMPT: &str = "attempt";
+    /// Every attribute name above.
+    pub const ALL: [&str; 14] = [
+        SPECVERSION,
+        ID,
+        SOURCE,
+        TYPE,
+        TIME,
+        DATACONTENTTYPE,
+        CORRELATIONID,
+        CAUSATIONID,
+        TRACEPARENT,
+        TRACESTATE,
+        PARTITIONKEY,
+        REPLYTO,
+        EXPIRESAT,
+        ATTEMPT,
+    ];
 }
 
 /// Header keys written on a message when it fails, and when it is dead-lettered.
@@ -59,6 +76,9 @@ pub mod dead_letter_attr {
     pub const LAST_FAILURE: &str = "lastfailuretime";
     /// The latest failure's error text, carried across redeliveries.
     pub const LAST_ERROR: &str = "lasterror";
+    /// Every failure annotation name above (what a replay removes).
+    pub const ALL: [&str; 10] =
+        [REASON, ERROR, ERROR_KIND, HANDLER, ATTEMPTS, QUEUE, FINGERPRINT, FIRST_FAILURE, LAST_FAILURE, LAST_ERROR];
 }
 
 /// Attribute values every message Courier writes carries alike: `specversion` 1.0 and `datacontenttype`

@@ -56,33 +56,7 @@ impl HeaderName {
 
 /// Courier's own header names, so a name read off the wire needs no allocation of its own.
 fn known(name: &str) -> Option<&'static str> {
-    const KNOWN: [&str; 24] = [
-        attr::SPECVERSION,
-        attr::ID,
-        attr::SOURCE,
-        attr::TYPE,
-        attr::TIME,
-        attr::DATACONTENTTYPE,
-        attr::CORRELATIONID,
-        attr::CAUSATIONID,
-        attr::TRACEPARENT,
-        attr::TRACESTATE,
-        attr::PARTITIONKEY,
-        attr::REPLYTO,
-        attr::EXPIRESAT,
-        attr::ATTEMPT,
-        dead_letter_attr::REASON,
-        dead_letter_attr::ERROR,
-        dead_letter_attr::ERROR_KIND,
-        dead_letter_attr::HANDLER,
-        dead_letter_attr::ATTEMPTS,
-        dead_letter_attr::QUEUE,
-        dead_letter_attr::FINGERPRINT,
-        dead_letter_attr::FIRST_FAILURE,
-        dead_letter_attr::LAST_FAILURE,
-        dead_letter_attr::LAST_ERROR,
-    ];
-    KNOWN.into_iter().find(|k| *k == name)
+    attr::ALL.into_iter().chain(dead_letter_attr::ALL).find(|k| *k == name)
 }
 
 impl From<&str> for HeaderName {

@@ -290,18 +290,7 @@ pub trait Admin: Send + Sync + fmt::Debug + 'static {
 
 /// Removes the failure annotations from headers, for a replay that starts afresh.
 pub fn strip_failure_annotations(headers: &mut crate::Headers) {
-    for key in [
-        dead_letter_attr::REASON,
-        dead_letter_attr::ERROR,
-        dead_letter_attr::ERROR_KIND,
-        dead_letter_attr::HANDLER,
-        dead_letter_attr::ATTEMPTS,
-        dead_letter_attr::QUEUE,
-        dead_letter_attr::FINGERPRINT,
-        dead_letter_attr::FIRST_FAILURE,
-        dead_letter_attr::LAST_FAILURE,
-        dead_letter_attr::LAST_ERROR,
-    ] {
+    for key in dead_letter_attr::ALL {
         headers.remove(key);
     }
 }
