@@ -228,6 +228,66 @@ pub async fn bus_throughput(
     Ok(Figures::new(scenario, messages, elapsed, Some(&latency)))
 }
 
+/// The same publish-to-handle run as [`bus_throughput`] on the engine's transport alone, with no bus: each message
+/// is built as the bus builds it ([`Envelope::for_message`](courier_core::Envelope::for_message), JSON body) and
+/// published from `publishers` concurrent tasks; one loop takes batches of up to 1,024, decodes each envelope and
+/// body, records the latency and acks, as a raw client's loop does. Next to [`bus_throughput`] it shows what the
+/// bus's runtime (handler tasks, middleware, retries, metrics) costs on top of the transport.
+pub async fn transport_throughput(
+    scenario: &str,
+    engine: &Engine,
+    messages: u64,
+    publishers: usize,
+    payload_size: usize,
+) -> Result<Figures> {
+    use courier_core::{Envelope, SubscriptionOptions};
+    let queue = format!("bench-transport-{}", uuid_suffix());
+    let transport = engine.transport.clone();
+    transport.declare_queue(&queue).await?;
+    transport.bind(&queue, BenchMessage::NAME).await?;
+    let options = SubscriptionOptions { prefetch: 1024, ..SubscriptionOptions::default() };
+    let mut subscription = transport.subscribe(&queue, options).await?;
+    let consumer = tokio::spawn(async move {
+        let (mut latency, mut handled) = (Latencies::empty(), 0u64);
+        while handled < messages {
+            for mut delivery in subscription.next_batch(1024).await? {
+                let envelope = Envelope::from_raw(delivery.take_message())?;
+                std::hint::black_box(envelope.decode::<BenchMessage>()?.seq);
+                let us = (chrono_now_micros() - envelope.time.timestamp_micros()).max(1) as u64;
+                let _ = latency.record(us.min(600_000_000));
+                delivery.ack().await?;
+                handled += 1;
+            }
+        }
+        Ok::<_, courier_core::Error>(latency)
+    });
+    let body = payload(payload_size);
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..publishers.max(1) {
+        let (transport, next, body) = (transport.clone(), next.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let seq = next.fetch_add(1, Ordering::Relaxed);
+                if seq >= messages {
+                    return Ok::<(), courier_core::Error>(());
+                }
+                let message = BenchMessage { seq, payload: body.clone() };
+                transport.publish(Envelope::for_message("bench-producer", &message)?.into_raw(), None).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| courier_core::Error::engine(format!("publisher panicked: {e}")))??;
+    }
+    let latency = consumer.await.map_err(|e| courier_core::Error::engine(format!("consumer panicked: {e}")))??;
+    let elapsed = start.elapsed();
+    transport.flush().await?;
+    remove_queue(engine, &queue).await;
+    Ok(Figures::new(scenario, messages, elapsed, Some(&latency)))
+}
+
 /// Offers `rate` messages per second for `seconds`, each publish started on schedule (up to 1,024 in flight), and
 /// measures publish-to-handle latency.
 pub async fn bus_latency_at_rate(

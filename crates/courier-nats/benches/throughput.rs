@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
-use courier_bench::{BenchMessage, CpuMeter, Figures, bus_latency_at_rate, bus_throughput, payload};
+use courier_bench::{
+    BenchMessage, CpuMeter, Figures, bus_latency_at_rate, bus_throughput, payload, transport_throughput,
+};
 
 const SERVER: Option<&str> = Some("nats-server");
 use courier_nats::{NatsOptions, NatsTransport, async_nats};
@@ -229,7 +231,20 @@ fn main() {
             ),
         )
         .await;
-        rows.extend([raw_tp.clone(), contract_tp.clone(), courier_tp.clone(), raw_rate.clone(), courier_rate.clone()]);
+        let transport_tp = CpuMeter::measure(SERVER, async {
+            transport_throughput("Courier's NATS transport alone, no bus", &engine, messages, IN_FLIGHT, PAYLOAD)
+                .await
+                .expect("transport throughput run")
+        })
+        .await;
+        rows.extend([
+            raw_tp.clone(),
+            contract_tp.clone(),
+            courier_tp.clone(),
+            transport_tp,
+            raw_rate.clone(),
+            courier_rate.clone(),
+        ]);
 
         println!("\n{}", Figures::header());
         for row in &rows {

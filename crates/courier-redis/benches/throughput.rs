@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use courier_bench::{BenchMessage, CpuMeter, Figures, bus_latency_at_rate, bus_throughput, payload};
+use courier_bench::{
+    BenchMessage, CpuMeter, Figures, bus_latency_at_rate, bus_throughput, payload, transport_throughput,
+};
 
 const SERVER: Option<&str> = Some("redis-server");
 use courier_redis::{RedisOptions, RedisTransport};
@@ -279,18 +281,24 @@ fn main() {
             .expect("Courier throughput")
         })
         .await;
+        let transport_tp = CpuMeter::measure(SERVER, async {
+            transport_throughput("Courier's Redis transport alone, no bus", &engine, messages, IN_FLIGHT, PAYLOAD)
+                .await
+                .expect("transport throughput")
+        })
+        .await;
         let equal_tp = CpuMeter::measure(SERVER, raw_equal_work(&client, &format!("{prefix}:raw3"), messages)).await;
         let raw_rate = raw(&client, &format!("{prefix}:raw2"), RATE * 5, Some(RATE)).await;
         let courier_rate =
             bus_latency_at_rate(&format!("Courier Redis transport at {RATE} msg/s"), &engine, RATE, 5.0, PAYLOAD)
                 .await
                 .expect("Courier latency at rate");
-        vec![raw_tp, courier_tp, raw_rate, courier_rate, equal_tp]
+        vec![raw_tp, courier_tp, raw_rate, courier_rate, equal_tp, transport_tp]
     });
     delete_keys(&client, &prefix);
     println!("\n{} 256-byte messages, publish to handle\n", messages);
     println!("{}", Figures::header());
-    for i in [0, 4, 1, 2, 3] {
+    for i in [0, 4, 1, 5, 2, 3] {
         println!("{}", rows[i].row());
     }
     println!(
