@@ -46,12 +46,14 @@ pub(crate) async fn run_endpoint(
 ) {
     let prefetch = Arc::new(Semaphore::new(endpoint.prefetch.max(1)));
     let running = Arc::new(Semaphore::new(endpoint.concurrency.max(1)));
-    // One task per delivery, tracked (not joined: nothing comes back from a task) so shutdown can wait for them;
-    // `abort` stops handlers still running when the shutdown timeout ends. A `JoinSet` did the same with a lock
-    // and a wake of this loop for every task that ended.
+    // A task for each handling that waits, tracked (not joined: nothing comes back from a task) so shutdown can
+    // wait for them; `abort` stops handlers still running when the shutdown timeout ends. A `JoinSet` did the same
+    // with a lock and a wake of this loop for every task that ended.
     let tasks = TaskTracker::new();
     let abort = CancellationToken::new();
     let mut failures = 0u32;
+    // Deliveries still to hand straight to tasks after a handler's first poll ran long (see `INLINE_LIMIT`).
+    let mut spawn_next = 0u32;
     // Deliveries taken but not started when shutdown came: released only after the subscription is closed, so an
     // engine that releases by publishing a copy cannot hand that copy straight back to this closing subscription.
     let mut unstarted = Vec::new();
@@ -121,10 +123,26 @@ pub(crate) async fn run_endpoint(
                 },
             };
             let (bus, endpoint, abort) = (bus.clone(), endpoint.clone(), abort.clone());
-            tasks.spawn(async move {
+            let handling = async move {
                 let _held = held;
                 process(&bus, &endpoint, delivery, running, &abort).await;
-            });
+            };
+            if spawn_next > 0 {
+                spawn_next -= 1;
+                tasks.spawn(handling);
+                continue;
+            }
+            // Polled once here first: a handling that finishes at once (most do, with an engine that acknowledges
+            // in the background) costs no task. One that waits continues as a task of its own.
+            let mut handling = Box::pin(handling);
+            let started = std::time::Instant::now();
+            let polled = futures::poll!(handling.as_mut());
+            if started.elapsed() > INLINE_LIMIT {
+                spawn_next = SPAWN_AFTER_SLOW;
+            }
+            if polled.is_pending() {
+                tasks.spawn(handling);
+            }
         }
     }
     subscription.close().await;
@@ -147,6 +165,13 @@ pub(crate) async fn run_endpoint(
         }
     }
 }
+
+/// A handler whose first poll runs longer than this (CPU-bound work before its first wait) makes the consumer hand
+/// the next [`SPAWN_AFTER_SLOW`] deliveries straight to tasks of their own, so such handlers run in parallel, on
+/// every worker thread, instead of one after another on the consumer's loop.
+const INLINE_LIMIT: Duration = Duration::from_micros(200);
+/// See [`INLINE_LIMIT`].
+const SPAWN_AFTER_SLOW: u32 = 1000;
 
 /// How long shutdown waits, after stopping handlers that outran the shutdown timeout, for settles in progress.
 const SETTLE_AFTER_ABORT: Duration = Duration::from_secs(5);

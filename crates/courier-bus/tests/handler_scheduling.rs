@@ -1,0 +1,121 @@
+//! Where handlers run: the consumer polls each handling once on its own loop and hands it to a task only if it
+//! waits; a handler that computes for long before its first wait sends the following deliveries straight to tasks.
+//! These tests pin down what users can rely on either way: the concurrency limit is used, order holds with a
+//! concurrency of 1, and CPU-bound handlers still run in parallel.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use courier_bus::{Bus, Context, HandlerError, MemoryTransport};
+use courier_core::{Json, Message};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Job {
+    n: u64,
+}
+
+impl Message for Job {
+    const NAME: &'static str = "test.scheduling.job.v1";
+    type Codec = Json;
+}
+
+/// How many handlers run at once, the most seen, the order they started in, and a wake-up once `expected` ended.
+#[derive(Default)]
+struct Observed {
+    running: AtomicUsize,
+    most: AtomicUsize,
+    ended: AtomicUsize,
+    started: Mutex<Vec<u64>>,
+    all_ended: Notify,
+}
+
+impl Observed {
+    fn start(&self, n: u64) {
+        self.started.lock().unwrap().push(n);
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+    }
+
+    fn end(&self, expected: usize) {
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        if self.ended.fetch_add(1, Ordering::SeqCst) + 1 == expected {
+            self.all_ended.notify_one();
+        }
+    }
+
+    async fn wait_all(&self, expected: usize) {
+        let all = self.all_ended.notified();
+        if self.ended.load(Ordering::SeqCst) < expected {
+            tokio::time::timeout(Duration::from_secs(20), all).await.expect("every message handled within 20 s");
+        }
+    }
+}
+
+/// Sends `jobs` jobs to a fresh queue on a private broker, then starts a consumer with `concurrency` whose handler
+/// runs `work(n)` for job `n`; returns what it observed once every job was handled and the consumer shut down.
+async fn observe<W, Fut>(jobs: u64, concurrency: usize, work: W) -> Arc<Observed>
+where
+    W: Fn(u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let engine = MemoryTransport::new().into_engine();
+    let sender = Bus::builder("sender").engine_instance(engine.clone()).start().await.expect("sender");
+    for n in 0..jobs {
+        sender.send("jobs", Job { n }).await.expect("send");
+    }
+    let seen = Arc::new(Observed::default());
+    let s = seen.clone();
+    let bus = Bus::builder("jobs")
+        .engine_instance(engine)
+        .prefetch(64)
+        .concurrency(concurrency)
+        .consume(move |job: Job, _ctx: Context| {
+            let (s, work) = (s.clone(), work.clone());
+            async move {
+                s.start(job.n);
+                work(job.n).await;
+                s.end(jobs as usize);
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await
+        .expect("consumer");
+    seen.wait_all(jobs as usize).await;
+    bus.shutdown().await;
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn handlers_that_block_the_thread_still_run_in_parallel() {
+    // CPU-bound work (or a blocking call) before any wait: each handler's first poll takes 30 ms.
+    let seen = observe(12, 4, |_| async { std::thread::sleep(Duration::from_millis(30)) }).await;
+    let most = seen.most.load(Ordering::SeqCst);
+    assert!(most >= 2, "blocking handlers ran one at a time (at most {most} at once) with a concurrency of 4");
+    assert!(most <= 4, "{most} handlers ran at once, over the concurrency of 4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_that_wait_fill_the_concurrency_limit() {
+    let seen = observe(24, 8, |_| tokio::time::sleep(Duration::from_millis(50))).await;
+    let most = seen.most.load(Ordering::SeqCst);
+    assert_eq!(most, 8, "handlers that wait should run 8 at once with a concurrency of 8, saw at most {most}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_of_one_handles_in_queue_order() {
+    const JOBS: u64 = 300;
+    // Every tenth waits, so both paths (finished at the first poll, and continued as a task) are taken.
+    let seen = observe(JOBS, 1, |n| async move {
+        if n % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    assert_eq!(seen.most.load(Ordering::SeqCst), 1, "a concurrency of 1 ran two handlers at once");
+    let started = seen.started.lock().unwrap().clone();
+    assert_eq!(started, (0..JOBS).collect::<Vec<_>>(), "a concurrency of 1 should handle in queue order");
+}
