@@ -20,8 +20,12 @@ impl Keys {
     pub(crate) fn dead_letters(&self, queue: &str) -> String {
         format!("{}:dlq:{queue}", self.prefix)
     }
-    pub(crate) fn bindings(&self, message_type: &str) -> String {
-        format!("{}:bind:{message_type}", self.prefix)
+    /// Writes the key of a message type's bindings into `out` (cleared first), so a batch reuses one buffer.
+    pub(crate) fn bindings_into(&self, message_type: &str, out: &mut String) {
+        out.clear();
+        out.push_str(&self.prefix);
+        out.push_str(":bind:");
+        out.push_str(message_type);
     }
     pub(crate) fn queues(&self) -> String {
         format!("{}:queues", self.prefix)
@@ -61,7 +65,12 @@ pub(crate) fn encode_headers(headers: &Headers) -> Result<String> {
             serializer.collect_map(self.0.iter().filter(|(k, v)| !is_implied_attribute(k, v)))
         }
     }
-    serde_json::to_string(&Stored(headers)).map_err(|e| Error::engine(format!("cannot store headers: {e}")))
+    // Sized up front: a message's headers are usually larger than serde_json's first guess (128 bytes).
+    let size = headers.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>() + 2;
+    let mut out = Vec::with_capacity(size);
+    serde_json::to_writer(&mut out, &Stored(headers))
+        .map_err(|e| Error::engine(format!("cannot store headers: {e}")))?;
+    String::from_utf8(out).map_err(|e| Error::engine(format!("cannot store headers: {e}")))
 }
 
 pub(crate) fn decode_headers(bytes: &[u8]) -> Headers {

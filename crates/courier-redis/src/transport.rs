@@ -112,7 +112,7 @@ impl RedisTransport {
         let pump =
             tokio::spawn(pump(conn.clone(), scripts.clone(), keys.clone(), options.pump_interval, pump_wake.clone()));
         let (publishes, queued) = mpsc::channel(PUBLISH_BATCH);
-        tokio::spawn(publish_batches(conn.clone(), scripts.clone(), keys.prefix.clone(), queued));
+        tokio::spawn(publish_batches(conn.clone(), scripts.clone(), keys.clone(), queued));
         let subscriptions = AtomicU64::new(0);
         let (draining, drained) = (Default::default(), Notify::new());
         let core = Core {
@@ -202,18 +202,16 @@ impl Transport for RedisTransport {
         self.core.invoke::<i64>(&format!("deleting queue '{queue}'"), &inv).await.map(drop)
     }
 
-    async fn publish(&self, message: RawMessage, deliver_at: Option<DateTime<Utc>>) -> Result<()> {
-        let message_type = message.message_type().unwrap_or_default().to_owned();
+    async fn publish(&self, mut message: RawMessage, deliver_at: Option<DateTime<Utc>>) -> Result<()> {
         if let Some(at) = is_future(deliver_at) {
+            let message_type = message.message_type().unwrap_or_default().to_owned();
             return self.schedule(Target::Type(&message_type), &message, at).await;
         }
         let (reply, replied) = oneshot::channel();
-        let publish = Publish {
-            bindings: self.core.keys.bindings(&message_type),
-            headers: encode_headers(&message.headers)?,
-            body: message.body,
-            reply,
-        };
+        let headers = encode_headers(&message.headers)?;
+        // Stored in `headers` already: moved out rather than copied.
+        let message_type = message.headers.remove(courier_core::attr::TYPE).unwrap_or_default();
+        let publish = Publish { message_type, headers, body: message.body, reply };
         let gone = || Error::engine("publishing: the transport is shutting down");
         self.core.publishes.send(publish).await.map_err(|_| gone())?;
         replied.await.map_err(|_| gone())?
@@ -255,7 +253,7 @@ const PUBLISH_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// A publish waiting for its batch.
 struct Publish {
-    bindings: String,
+    message_type: String,
     headers: String,
     body: Bytes,
     reply: oneshot::Sender<Result<()>>,
@@ -264,8 +262,12 @@ struct Publish {
 /// Publishes in batches: whatever publishers queued while the last batch was in flight goes in one run of the
 /// publish script (one round trip and one script run, not one each). A lone publish goes at once, so nothing
 /// waits for a batch to fill. Each publisher hears back when its batch is on the server, or its error.
-async fn publish_batches(conn: Arc<Conn>, scripts: Arc<Scripts>, prefix: String, mut queued: mpsc::Receiver<Publish>) {
+///
+/// The `EVALSHA` command is written directly, each argument once into the command's buffer (a `ScriptInvocation`
+/// keeps each argument in a vector of its own and copies them all again into the command it sends).
+async fn publish_batches(conn: Arc<Conn>, scripts: Arc<Scripts>, keys: Keys, mut queued: mpsc::Receiver<Publish>) {
     let mut batch: Vec<Publish> = Vec::with_capacity(PUBLISH_BATCH);
+    let mut key = String::new();
     while let Some(first) = queued.recv().await {
         let mut bytes = first.body.len() + first.headers.len();
         batch.push(first);
@@ -274,18 +276,45 @@ async fn publish_batches(conn: Arc<Conn>, scripts: Arc<Scripts>, prefix: String,
             bytes += next.body.len() + next.headers.len();
             batch.push(next);
         }
-        let mut inv = scripts.publish_many.prepare_invoke();
-        inv.arg(&prefix);
+        let script = &scripts.publish_many;
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash()).arg(batch.len());
         for publish in &batch {
-            inv.key(&publish.bindings).arg(&publish.headers).arg(publish.body.as_ref());
+            keys.bindings_into(&publish.message_type, &mut key);
+            cmd.arg(key.as_str());
         }
-        match invoke::<i64>(&conn, "publishing", &inv).await {
+        cmd.arg(&keys.prefix);
+        for publish in &batch {
+            cmd.arg(&publish.headers).arg(publish.body.as_ref());
+        }
+        match evalsha::<i64>(&conn, script, &cmd, "publishing").await {
             Ok(_) => batch.drain(..).for_each(|p| drop(p.reply.send(Ok(())))),
             Err(e) => {
                 for publish in batch.drain(..) {
                     let _ = publish.reply.send(Err(Error::new(e.kind(), e.to_string())));
                 }
             }
+        }
+    }
+}
+
+/// Runs a hand-built `EVALSHA` of `script` on `conn`, loading the script when the server does not have it (first
+/// use, or after a restart or `SCRIPT FLUSH`), and once more on a fresh connection if the connection turns out to
+/// be broken, as [`invoke`] does.
+async fn evalsha<T: FromRedisValue>(conn: &Conn, script: &redis::Script, cmd: &redis::Cmd, what: &str) -> Result<T> {
+    let (mut loaded, mut reconnected) = (false, false);
+    loop {
+        let mut c = conn.get().await.map_err(|e| to_error(what, e))?;
+        match cmd.query_async(&mut c).await {
+            Err(e) if !loaded && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                loaded = true;
+                conn.check(script.load_async(&mut c).await).map_err(|e| to_error(what, e))?;
+            }
+            Err(e) if !reconnected && is_dropped(&e) => {
+                reconnected = true;
+                let _ = conn.check::<()>(Err(e));
+            }
+            result => return conn.check(result).map_err(|e| to_error(what, e)),
         }
     }
 }
