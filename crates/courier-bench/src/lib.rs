@@ -94,6 +94,132 @@ impl Figures {
     }
 }
 
+/// Which scenarios of an engine bench run, and how many times.
+///
+/// `COURIER_BENCH_ONLY=courier,alone` runs only the scenarios with those keys (all when unset; each bench lists its
+/// keys in its docs). `COURIER_BENCH_ROUNDS=3` runs the throughput scenarios three times, interleaved (raw,
+/// contract's work, Courier, transport alone, then again), so that each ratio is taken within a round and the
+/// machine's drift between rounds shows instead of hiding in one figure; [`Table`] reports each round and the
+/// median.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    only: Vec<String>,
+    /// Rounds of the throughput scenarios (at least 1).
+    pub rounds: usize,
+    /// Messages per throughput scenario (`COURIER_BENCH_MESSAGES`, 100,000 by default).
+    pub messages: u64,
+}
+
+impl Plan {
+    /// Reads `COURIER_BENCH_ONLY`, `COURIER_BENCH_ROUNDS` and `COURIER_BENCH_MESSAGES`.
+    pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok();
+        Self {
+            only: var("COURIER_BENCH_ONLY")
+                .map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+                .unwrap_or_default(),
+            rounds: var("COURIER_BENCH_ROUNDS").and_then(|v| v.parse().ok()).unwrap_or(1usize).max(1),
+            messages: var("COURIER_BENCH_MESSAGES").and_then(|v| v.parse().ok()).unwrap_or(100_000),
+        }
+    }
+
+    /// Whether the scenario with this key runs.
+    pub fn runs(&self, key: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|k| k == key)
+    }
+}
+
+/// The rows of an engine bench, each under a scenario key, in the order they ran (several per key when the bench
+/// ran several rounds); prints them and the ratios between keys, round by round.
+#[derive(Debug, Default)]
+pub struct Table {
+    rows: Vec<(&'static str, Figures)>,
+}
+
+impl Table {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a row under `key`.
+    pub fn add(&mut self, key: &'static str, figures: Figures) {
+        self.rows.push((key, figures));
+    }
+
+    fn of(&self, key: &str) -> Vec<&Figures> {
+        self.rows.iter().filter(|(k, _)| *k == key).map(|(_, f)| f).collect()
+    }
+
+    /// Prints the rows as a Markdown table, grouped by key in the order the keys first appeared, each row's
+    /// scenario followed by its round when there were several.
+    pub fn print(&self) {
+        println!("{}", Figures::header());
+        let mut keys: Vec<&str> = Vec::new();
+        for (key, _) in &self.rows {
+            if !keys.contains(key) {
+                keys.push(key);
+            }
+        }
+        for key in keys {
+            let rows = self.of(key);
+            for (round, figures) in rows.iter().enumerate() {
+                let mut figures = (*figures).clone();
+                if rows.len() > 1 {
+                    figures.scenario = format!("{} (round {})", figures.scenario, round + 1);
+                }
+                println!("{}", figures.row());
+            }
+        }
+    }
+
+    /// The ratio of `numerator`'s throughput to `denominator`'s in each round both ran, and their median;
+    /// printed as `label: 0.81, 0.85, 0.79 (median 0.81)`. Nothing when either key did not run.
+    pub fn throughput_ratio(&self, label: &str, numerator: &str, denominator: &str) -> Option<f64> {
+        let ratios: Vec<f64> = self
+            .of(numerator)
+            .iter()
+            .zip(self.of(denominator))
+            .map(|(n, d)| n.per_second / d.per_second.max(1e-9))
+            .collect();
+        print_ratios(label, &ratios)
+    }
+
+    /// The ratio of `numerator`'s p99 latency to `denominator`'s, as [`throughput_ratio`](Self::throughput_ratio).
+    pub fn p99_ratio(&self, label: &str, numerator: &str, denominator: &str) -> Option<f64> {
+        let ratios: Vec<f64> = self
+            .of(numerator)
+            .iter()
+            .zip(self.of(denominator))
+            .filter_map(|(n, d)| Some(n.p99_us? as f64 / d.p99_us?.max(1) as f64))
+            .collect();
+        print_ratios(label, &ratios)
+    }
+}
+
+fn print_ratios(label: &str, ratios: &[f64]) -> Option<f64> {
+    let median = median(ratios)?;
+    let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    if ratios.len() > 1 {
+        println!("{label}: {} (median {median:.2})", each.join(", "));
+    } else {
+        println!("{label}: {median:.2}");
+    }
+    Some(median)
+}
+
+/// The median of some values (the mean of the middle two for an even count); `None` when there are none.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
 /// A payload of `size` bytes.
 pub fn payload(size: usize) -> String {
     "x".repeat(size)
@@ -532,5 +658,30 @@ pub async fn bus_drain(scenario: &str, engine: &Engine, messages: u64, payload_s
 async fn remove_queue(engine: &Engine, queue: &str) {
     if let Err(e) = engine.transport.delete_queue(queue).await {
         eprintln!("could not delete the bench queue '{queue}': {e}; later scenarios may publish to it too");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[0.9, 0.7, 0.8]), Some(0.8));
+        assert_eq!(median(&[0.9, 0.7, 0.8, 0.6]), Some(0.75));
+    }
+
+    #[test]
+    fn ratios_pair_rows_of_the_same_round() {
+        let row = |per_second: f64| Figures { per_second, ..Default::default() };
+        let mut table = Table::new();
+        for (courier, raw) in [(80.0, 100.0), (45.0, 50.0), (70.0, 100.0)] {
+            table.add("raw", row(raw));
+            table.add("courier", row(courier));
+        }
+        let median = table.throughput_ratio("Courier / raw", "courier", "raw").unwrap();
+        assert!((median - 0.8).abs() < 1e-9, "rounds 0.8, 0.9, 0.7 have the median 0.8, not {median}");
+        assert_eq!(table.throughput_ratio("missing", "courier", "contract"), None);
     }
 }

@@ -3,15 +3,16 @@
 //! work of Courier's contract (message metadata and a JSON body, decoded; XACK and XDEL in one transaction).
 //!
 //! Run: `cargo bench -p courier-redis --bench throughput` (needs Redis at `COURIER_TEST_REDIS_URL`, default
-//! `redis://127.0.0.1:6379`). Size: `COURIER_BENCH_MESSAGES` (default 100,000). Uses its own key prefix and
-//! deletes its keys at the end.
+//! `redis://127.0.0.1:6379`). Size: `COURIER_BENCH_MESSAGES` (default 100,000); rounds: `COURIER_BENCH_ROUNDS`;
+//! scenarios (`COURIER_BENCH_ONLY`, see [`courier_bench::Plan`]): `raw`, `contract`, `courier`, `alone`, `rate`.
+//! Uses its own key prefix and deletes its keys at the end.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use courier_bench::{
-    BenchMessage, CpuMeter, Figures, bus_latency_at_rate, bus_throughput, payload, transport_throughput,
+    BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, bus_throughput, payload, transport_throughput,
 };
 
 const SERVER: Option<&str> = Some("redis-server");
@@ -258,54 +259,50 @@ fn main() {
     if !REDIS.require() {
         return;
     }
-    let messages: u64 = std::env::var("COURIER_BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let plan = Plan::from_env();
+    let messages = plan.messages;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let prefix = format!("courier-bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let client = redis::Client::open(REDIS.url()).expect("Redis URL");
-    let rows = rt.block_on(async {
+    let table = rt.block_on(async {
         let transport = RedisTransport::connect(&REDIS.url(), RedisOptions::default().with_prefix(prefix.clone()))
             .await
             .expect("connect");
         let engine = transport.into_engine();
-        let raw_tp = CpuMeter::measure(SERVER, raw(&client, &format!("{prefix}:raw1"), messages, None)).await;
-        let courier_tp = CpuMeter::measure(SERVER, async {
-            bus_throughput(
-                &format!("Courier Redis transport, {IN_FLIGHT} publishes in flight"),
-                &engine,
-                messages,
-                IN_FLIGHT,
-                PAYLOAD,
-                |_| {},
-            )
-            .await
-            .expect("Courier throughput")
-        })
-        .await;
-        let transport_tp = CpuMeter::measure(SERVER, async {
-            transport_throughput("Courier's Redis transport alone, no bus", &engine, messages, IN_FLIGHT, PAYLOAD)
-                .await
-                .expect("transport throughput")
-        })
-        .await;
-        let equal_tp = CpuMeter::measure(SERVER, raw_equal_work(&client, &format!("{prefix}:raw3"), messages)).await;
-        let raw_rate = raw(&client, &format!("{prefix}:raw2"), RATE * 5, Some(RATE)).await;
-        let courier_rate =
-            bus_latency_at_rate(&format!("Courier Redis transport at {RATE} msg/s"), &engine, RATE, 5.0, PAYLOAD)
-                .await
-                .expect("Courier latency at rate");
-        vec![raw_tp, courier_tp, raw_rate, courier_rate, equal_tp, transport_tp]
+        let mut table = Table::new();
+        for round in 0..plan.rounds {
+            let key = |name: &str| format!("{prefix}:{name}{round}");
+            if plan.runs("raw") {
+                table.add("raw", CpuMeter::measure(SERVER, raw(&client, &key("raw"), messages, None)).await);
+            }
+            if plan.runs("contract") {
+                table.add("contract", CpuMeter::measure(SERVER, raw_equal_work(&client, &key("eq"), messages)).await);
+            }
+            if plan.runs("courier") {
+                let scenario = format!("Courier Redis transport, {IN_FLIGHT} publishes in flight");
+                let run = bus_throughput(&scenario, &engine, messages, IN_FLIGHT, PAYLOAD, |_| {});
+                table.add("courier", CpuMeter::measure(SERVER, async { run.await.expect("Courier throughput") }).await);
+            }
+            if plan.runs("alone") {
+                let scenario = "Courier's Redis transport alone, no bus";
+                let run = transport_throughput(scenario, &engine, messages, IN_FLIGHT, PAYLOAD);
+                table.add("alone", CpuMeter::measure(SERVER, async { run.await.expect("transport throughput") }).await);
+            }
+        }
+        if plan.runs("rate") {
+            table.add("raw-rate", raw(&client, &format!("{prefix}:rate"), RATE * 5, Some(RATE)).await);
+            let scenario = format!("Courier Redis transport at {RATE} msg/s");
+            let run = bus_latency_at_rate(&scenario, &engine, RATE, 5.0, PAYLOAD);
+            table.add("courier-rate", run.await.expect("Courier latency at rate"));
+        }
+        table
     });
     delete_keys(&client, &prefix);
-    println!("\n{} 256-byte messages, publish to handle\n", messages);
-    println!("{}", Figures::header());
-    for i in [0, 4, 1, 5, 2, 3] {
-        println!("{}", rows[i].row());
-    }
-    println!(
-        "\nCourier / raw throughput: {:.0}%; p99 at {RATE} msg/s: Courier {:.2} ms, raw {:.2} ms",
-        100.0 * rows[1].per_second / rows[0].per_second,
-        rows[3].p99_us.unwrap_or(0) as f64 / 1000.0,
-        rows[2].p99_us.unwrap_or(0) as f64 / 1000.0
-    );
-    println!("Courier / raw doing the contract's work: {:.0}%", 100.0 * rows[1].per_second / rows[4].per_second);
+    println!("\n{messages} 256-byte messages, publish to handle\n");
+    table.print();
+    println!();
+    table.throughput_ratio("Courier / raw throughput (target >= 0.90)", "courier", "raw");
+    table.throughput_ratio("Courier / raw doing the contract's work", "courier", "contract");
+    table.throughput_ratio("Courier / its transport alone", "courier", "alone");
+    table.p99_ratio(&format!("Courier / raw p99 at {RATE} msg/s (target <= 1.5)"), "courier-rate", "raw-rate");
 }
