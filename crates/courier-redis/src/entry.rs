@@ -27,6 +27,10 @@ impl Keys {
         out.push_str(":bind:");
         out.push_str(message_type);
     }
+    /// The key whose value changes whenever a binding is added or removed.
+    pub(crate) fn bindings_version(&self) -> String {
+        format!("{}:bindver", self.prefix)
+    }
     pub(crate) fn queues(&self) -> String {
         format!("{}:queues", self.prefix)
     }

@@ -9,11 +9,15 @@
 //! - Each queue `q` is a stream `<prefix>:q:<q>` with one consumer group, `courier`; each subscription is one
 //!   consumer of that group (named after the transport, unique per subscription), so consumers of one queue
 //!   compete. `<prefix>:queues` lists the queues.
-//! - Publishing fans out: `<prefix>:bind:<type>` is the set of queues bound to a message type, and one Lua script
-//!   appends the message to each of them, so a publish reaches all bound queues or none. Concurrent publishes
-//!   are batched: whatever publishers queue while a batch is on its way goes in one run of the script (in order,
-//!   up to 256 messages or about 4 MiB), so a busy publisher pays one round trip and one script run per batch,
-//!   not per message; a lone publish goes at once. Each publish returns when its batch is applied.
+//! - Publishing fans out: `<prefix>:bind:<type>` is the set of queues bound to a message type. Each transport
+//!   reads a type's bindings once and keeps them with the bindings version (`<prefix>:bindver`, changed by the
+//!   same script that adds or removes a binding); concurrent publishes are batched, and a batch is one
+//!   transaction (`MULTI` ... `EXEC`) of plain `XADD`s to the bound queues and a read of the version, so a publish
+//!   reaches all bound queues or none. If the version moved, the bindings are read again and each message is
+//!   written to the queues it missed before its publish returns: a queue bound anywhere before a publish starts
+//!   receives it. A batch holds whatever publishers queued while the last one was on its way (in order, up to 256
+//!   messages or about 4 MiB), so a busy publisher pays one round trip per batch, not per message; a lone
+//!   publish goes at once. Each publish returns when its batch is applied.
 //! - Delayed messages (scheduled sends and publishes, delayed retries) wait in the sorted set `<prefix>:delayed`
 //!   scored by due time; every transport runs a pump that moves due messages to their queue's stream with a Lua
 //!   script, so several processes can pump one prefix safely.

@@ -4,7 +4,8 @@
 //! (the queue's stream, consumer group `courier`), `p:dlq:<queue>` (its dead letters), `p:bind:<type>` (set of
 //! queues bound to a message type), `p:qbind:<queue>` (types bound to a queue), `p:delayed` (sorted set of
 //! delayed messages by due time, member `<32 hex id><queue>`), `p:delayed:data` (hash member -> packed message),
-//! `p:delayed:count` (hash queue -> delayed count).
+//! `p:delayed:count` (hash queue -> delayed count), `p:bindver` (a token that changes whenever a binding is added or
+//! removed; `p:bindseq` keeps it unique).
 //!
 //! A stream entry has fields `n` (deliveries already counted before this entry; absent means 0, as on every first
 //! publish), `h` (headers as JSON, without the attribute values every message shares) and `b`
@@ -48,6 +49,12 @@ local function held(p, q, id, me)
   end
   return e[1][2], pe[1][4]
 end
+-- Marks a change of bindings: publishers that read them earlier read them again (see the transport's publish).
+-- Unique even after the keys are flushed and the counter starts again, hence the server time in it.
+local function bindings_changed(p)
+  local t = redis.call('TIME')
+  redis.call('SET', p .. ':bindver', t[1] .. '.' .. t[2] .. '-' .. redis.call('INCR', p .. ':bindseq'))
+end
 local function remove(p, q, id)
   local k = p .. ':q:' .. q
   redis.call('XACK', k, G, id)
@@ -74,34 +81,14 @@ const DECLARE: &str = lua!(
 local p, q = ARGV[1], ARGV[2]
 ensure(p, q, ARGV[3] == '1')
 if ARGV[4] then
-  redis.call('SADD', p .. ':bind:' .. ARGV[4], q)
+  if redis.call('SADD', p .. ':bind:' .. ARGV[4], q) == 1 then
+    bindings_changed(p)
+  end
   redis.call('SADD', p .. ':qbind:' .. q, ARGV[4])
 end
 return 1
 "#
 );
-
-/// KEYS: each message's type binding set. ARGV: prefix, then headers and body of each message in turn. Appends
-/// every message to every queue bound to its type, in order (a batch of concurrent publishes: one round trip and
-/// one script run instead of one each; each type's stream names are built once a batch); returns how many
-/// messages.
-const PUBLISH_MANY: &str = r#"
-local p, bound = ARGV[1], {}
-for i = 1, #KEYS do
-  local streams = bound[KEYS[i]]
-  if not streams then
-    streams = {}
-    for _, q in ipairs(redis.call('SMEMBERS', KEYS[i])) do
-      streams[#streams + 1] = p .. ':q:' .. q
-    end
-    bound[KEYS[i]] = streams
-  end
-  for _, stream in ipairs(streams) do
-    redis.call('XADD', stream, '*', 'h', ARGV[2 * i], 'b', ARGV[2 * i + 1])
-  end
-end
-return #KEYS
-"#;
 
 /// ARGV: prefix, queue, headers, body. Appends to one queue (declaring it).
 const SEND: &str = lua!(
@@ -248,12 +235,17 @@ return released
 );
 
 /// ARGV: prefix, queue. Deletes a queue: its stream, dead letters, bindings and delayed messages.
-const DELETE_QUEUE: &str = r#"
+const DELETE_QUEUE: &str = lua!(
+    r#"
 local p, q = ARGV[1], ARGV[2]
 redis.call('DEL', p .. ':q:' .. q, p .. ':dlq:' .. q)
 redis.call('SREM', p .. ':queues', q)
-for _, t in ipairs(redis.call('SMEMBERS', p .. ':qbind:' .. q)) do
+local types = redis.call('SMEMBERS', p .. ':qbind:' .. q)
+for _, t in ipairs(types) do
   redis.call('SREM', p .. ':bind:' .. t, q)
+end
+if #types > 0 then
+  bindings_changed(p)
 end
 redis.call('DEL', p .. ':qbind:' .. q)
 if redis.call('HDEL', p .. ':delayed:count', q) == 1 then
@@ -265,7 +257,8 @@ if redis.call('HDEL', p .. ':delayed:count', q) == 1 then
   end
 end
 return 1
-"#;
+"#
+);
 
 /// ARGV: prefix. Returns {queue, length, pending, delayed, dead letters, ...} for every queue.
 const STATS: &str = r#"
@@ -304,7 +297,6 @@ return 1
 #[derive(Debug)]
 pub(crate) struct Scripts {
     pub(crate) declare: Script,
-    pub(crate) publish_many: Script,
     pub(crate) send: Script,
     pub(crate) schedule: Script,
     pub(crate) pump: Script,
@@ -323,7 +315,6 @@ impl Scripts {
     pub(crate) fn new() -> Self {
         Self {
             declare: Script::new(DECLARE),
-            publish_many: Script::new(PUBLISH_MANY),
             send: Script::new(SEND),
             schedule: Script::new(SCHEDULE),
             pump: Script::new(PUMP),

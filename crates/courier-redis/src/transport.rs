@@ -1,5 +1,6 @@
 //! [`RedisTransport`]: queues as Redis streams with one consumer group each.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -8,11 +9,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use courier_core::{Engine, Error, RawMessage, Result, Subscription, SubscriptionOptions, Transport, now_millis};
-use redis::{Client, FromRedisValue, ScriptInvocation};
+use redis::{Client, FromRedisValue, ScriptInvocation, Value};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::conn::{Conn, is_dropped, to_error};
-use crate::entry::{Keys, encode_headers};
+use crate::entry::{Keys, array, encode_headers};
 use crate::options::{RedisOptions, redact};
 use crate::scripts::Scripts;
 use crate::subscription::RedisSubscription;
@@ -112,7 +113,7 @@ impl RedisTransport {
         let pump =
             tokio::spawn(pump(conn.clone(), scripts.clone(), keys.clone(), options.pump_interval, pump_wake.clone()));
         let (publishes, queued) = mpsc::channel(PUBLISH_BATCH);
-        tokio::spawn(publish_batches(conn.clone(), scripts.clone(), keys.clone(), queued));
+        tokio::spawn(publish_batches(conn.clone(), keys.clone(), queued));
         let subscriptions = AtomicU64::new(0);
         let (draining, drained) = (Default::default(), Notify::new());
         let core = Core {
@@ -259,15 +260,12 @@ struct Publish {
     reply: oneshot::Sender<Result<()>>,
 }
 
-/// Publishes in batches: whatever publishers queued while the last batch was in flight goes in one run of the
-/// publish script (one round trip and one script run, not one each). A lone publish goes at once, so nothing
-/// waits for a batch to fill. Each publisher hears back when its batch is on the server, or its error.
-///
-/// The `EVALSHA` command is written directly, each argument once into the command's buffer (a `ScriptInvocation`
-/// keeps each argument in a vector of its own and copies them all again into the command it sends).
-async fn publish_batches(conn: Arc<Conn>, scripts: Arc<Scripts>, keys: Keys, mut queued: mpsc::Receiver<Publish>) {
+/// Publishes in batches: whatever publishers queued while the last batch was in flight goes in one transaction
+/// (one round trip, not one each). A lone publish goes at once, so nothing waits for a batch to fill. Each
+/// publisher hears back when its batch is on the server, or its error.
+async fn publish_batches(conn: Arc<Conn>, keys: Keys, mut queued: mpsc::Receiver<Publish>) {
     let mut batch: Vec<Publish> = Vec::with_capacity(PUBLISH_BATCH);
-    let mut key = String::new();
+    let mut bindings = Bindings::new(keys);
     while let Some(first) = queued.recv().await {
         let mut bytes = first.body.len() + first.headers.len();
         batch.push(first);
@@ -276,19 +274,8 @@ async fn publish_batches(conn: Arc<Conn>, scripts: Arc<Scripts>, keys: Keys, mut
             bytes += next.body.len() + next.headers.len();
             batch.push(next);
         }
-        let script = &scripts.publish_many;
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(script.get_hash()).arg(batch.len());
-        for publish in &batch {
-            keys.bindings_into(&publish.message_type, &mut key);
-            cmd.arg(key.as_str());
-        }
-        cmd.arg(&keys.prefix);
-        for publish in &batch {
-            cmd.arg(&publish.headers).arg(publish.body.as_ref());
-        }
-        match evalsha::<i64>(&conn, script, &cmd, "publishing").await {
-            Ok(_) => batch.drain(..).for_each(|p| drop(p.reply.send(Ok(())))),
+        match bindings.publish(&conn, &batch).await {
+            Ok(()) => batch.drain(..).for_each(|p| drop(p.reply.send(Ok(())))),
             Err(e) => {
                 for publish in batch.drain(..) {
                     let _ = publish.reply.send(Err(Error::new(e.kind(), e.to_string())));
@@ -298,25 +285,123 @@ async fn publish_batches(conn: Arc<Conn>, scripts: Arc<Scripts>, keys: Keys, mut
     }
 }
 
-/// Runs a hand-built `EVALSHA` of `script` on `conn`, loading the script when the server does not have it (first
-/// use, or after a restart or `SCRIPT FLUSH`), and once more on a fresh connection if the connection turns out to
-/// be broken, as [`invoke`] does.
-async fn evalsha<T: FromRedisValue>(conn: &Conn, script: &redis::Script, cmd: &redis::Cmd, what: &str) -> Result<T> {
-    let (mut loaded, mut reconnected) = (false, false);
-    loop {
-        let mut c = conn.get().await.map_err(|e| to_error(what, e))?;
-        match cmd.query_async(&mut c).await {
-            Err(e) if !loaded && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                loaded = true;
-                conn.check(script.load_async(&mut c).await).map_err(|e| to_error(what, e))?;
-            }
-            Err(e) if !reconnected && is_dropped(&e) => {
-                reconnected = true;
-                let _ = conn.check::<()>(Err(e));
-            }
-            result => return conn.check(result).map_err(|e| to_error(what, e)),
-        }
+/// The most times a batch is written again because bindings changed while it was on its way.
+const BINDING_CHANGES_TOLERATED: usize = 16;
+
+/// The queues bound to each message type, as this transport last read them, and the bindings version
+/// (`<prefix>:bindver`) they were read at. Owned by the publishing task.
+///
+/// A batch goes in one transaction: `XADD` to each bound queue's stream (`NOMKSTREAM`, so a queue deleted since
+/// is not brought back as a stray stream), then `GET` of the version. Every change of bindings (a new binding; a
+/// queue with bindings deleted) sets a new version in the same script that changes them, so if the version read
+/// with the batch is the one the bindings were read at, the batch went to exactly the queues bound at that
+/// moment. Otherwise the bindings are read again and each message is written to the queues it missed, before its
+/// publish returns: a binding made before a publish starts always receives it, as with one script per publish,
+/// and the steady state costs the server plain `XADD`s instead of a Lua call per message (a script per batch
+/// spent about 2 us a message in Lua, next to 0.7 us for the `XADD` itself).
+struct Bindings {
+    keys: Keys,
+    version: Option<String>,
+    streams: HashMap<String, Arc<[String]>>,
+    /// Reused for each message's bindings key.
+    key: String,
+}
+
+impl Bindings {
+    fn new(keys: Keys) -> Self {
+        Self { keys, version: None, streams: HashMap::new(), key: String::new() }
     }
+
+    /// Forgets what was read and reads the bindings of `types`, with the version, in one transaction.
+    async fn refresh(&mut self, conn: &Conn, types: &[&str]) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("GET").arg(self.keys.bindings_version());
+        for message_type in types {
+            self.keys.bindings_into(message_type, &mut self.key);
+            pipe.cmd("SMEMBERS").arg(self.key.as_str());
+        }
+        let mut reply = array(query(conn, &pipe, "reading bindings").await?).into_iter();
+        self.version = reply.next().and_then(|v| String::from_redis_value(v).ok());
+        self.streams.clear();
+        for (message_type, queues) in types.iter().zip(reply) {
+            let queues: Vec<String> = FromRedisValue::from_redis_value(queues).unwrap_or_default();
+            let streams: Arc<[String]> = queues.iter().map(|q| self.keys.stream(q)).collect();
+            self.streams.insert((*message_type).to_owned(), streams);
+        }
+        Ok(())
+    }
+
+    /// Appends each message of `batch` to every queue bound to its type.
+    async fn publish(&mut self, conn: &Conn, batch: &[Publish]) -> Result<()> {
+        if batch.iter().any(|p| !self.streams.contains_key(&p.message_type)) {
+            self.refresh(conn, &types_of(batch)).await?;
+        }
+        let mut targets: Vec<Arc<[String]>> = batch.iter().map(|p| self.streams[&p.message_type].clone()).collect();
+        // Filled only when bindings changed under a batch: the streams each message was already written to.
+        let mut written: Vec<Vec<String>> = Vec::new();
+        for _ in 0..BINDING_CHANGES_TOLERATED {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for (publish, streams) in batch.iter().zip(&targets) {
+                for stream in streams.iter() {
+                    pipe.cmd("XADD")
+                        .arg(stream)
+                        .arg("NOMKSTREAM")
+                        .arg("*")
+                        .arg("h")
+                        .arg(&publish.headers)
+                        .arg("b")
+                        .arg(publish.body.as_ref())
+                        .ignore();
+                }
+            }
+            pipe.cmd("GET").arg(self.keys.bindings_version());
+            let version = array(query(conn, &pipe, "publishing").await?).into_iter().next();
+            let version = version.and_then(|v| String::from_redis_value(v).ok());
+            if version == self.version {
+                return Ok(());
+            }
+            // Bindings changed since they were read: read them again, and write each message where it is missing.
+            if written.is_empty() {
+                written = vec![Vec::new(); batch.len()];
+            }
+            for (done, streams) in written.iter_mut().zip(&targets) {
+                done.extend(streams.iter().cloned());
+            }
+            self.refresh(conn, &types_of(batch)).await?;
+            targets = batch
+                .iter()
+                .zip(&written)
+                .map(|(p, done)| self.streams[&p.message_type].iter().filter(|s| !done.contains(s)).cloned().collect())
+                .collect();
+        }
+        Err(Error::engine(format!(
+            "publishing: the bindings changed {BINDING_CHANGES_TOLERATED} times while one batch was written; \
+             retry the publish"
+        )))
+    }
+}
+
+/// The distinct message types of a batch.
+fn types_of(batch: &[Publish]) -> Vec<&str> {
+    let mut types: Vec<&str> = batch.iter().map(|p| p.message_type.as_str()).collect();
+    types.sort_unstable();
+    types.dedup();
+    types
+}
+
+/// Runs a pipeline on `conn`, once more on a fresh connection if the connection turns out to be broken.
+async fn query(conn: &Conn, pipe: &redis::Pipeline, what: &str) -> Result<Value> {
+    let mut c = conn.get().await.map_err(|e| to_error(what, e))?;
+    let result = match pipe.query_async::<Value>(&mut c).await {
+        Err(e) if is_dropped(&e) => {
+            let _ = conn.check::<()>(Err(e));
+            c = conn.get().await.map_err(|e| to_error(what, e))?;
+            pipe.query_async(&mut c).await
+        }
+        result => result,
+    };
+    conn.check(result).map_err(|e| to_error(what, e))
 }
 
 /// Moves due delayed messages to their queues. Several processes may run it on one prefix: each move is atomic.

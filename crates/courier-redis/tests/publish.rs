@@ -1,9 +1,11 @@
-//! Publishing runs the publish script by its SHA1 with a hand-built `EVALSHA`: a server that lost its scripts (a
-//! restart, `SCRIPT FLUSH`) gets the script loaded again, and nothing published is lost or goes elsewhere.
+//! Publishing with bindings read once and kept: a binding made in another process before a publish starts still
+//! receives it, a deleted queue is not brought back by a publish, and each message reaches only the queues bound
+//! to its type.
 
 mod common;
 
-use courier_core::{Envelope, Json, Message, SubscriptionOptions};
+use courier_core::{Engine, Envelope, Json, Message, RawMessage, SubscriptionOptions};
+use courier_redis::{RedisOptions, RedisTransport};
 use courier_testkit::services::REDIS;
 use serde::{Deserialize, Serialize};
 
@@ -27,61 +29,92 @@ impl Message for Other {
     type Codec = Json;
 }
 
+fn note(n: u32) -> RawMessage {
+    Envelope::for_message("test", &Note { n }).unwrap().into_raw()
+}
+
+/// The numbers of the next `count` messages on `queue`, acknowledged.
+async fn take(engine: &Engine, queue: &str, count: usize) -> Vec<u32> {
+    let mut subscription = engine.transport.subscribe(queue, SubscriptionOptions::default()).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        for mut delivery in subscription.next_batch(100).await.unwrap() {
+            let envelope = Envelope::from_raw(delivery.take_message()).unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&envelope.data).unwrap();
+            seen.push(body["n"].as_u64().unwrap() as u32);
+            delivery.ack().await.unwrap();
+        }
+    }
+    seen.sort_unstable();
+    seen
+}
+
+async fn ready(engine: &Engine, queue: &str) -> u64 {
+    let stats = engine.admin.queues().await.unwrap();
+    stats.iter().find(|s| s.name == queue).map_or(0, |s| s.ready)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publishes_survive_a_script_flush_and_reach_only_bound_queues() {
+async fn bindings_made_elsewhere_are_seen_by_the_next_publish() {
     if !REDIS.require() {
         return;
     }
-    let engine = common::engine("publish-flush").await;
-    let transport = &engine.transport;
-    transport.declare_queue("notes").await.unwrap();
-    transport.bind("notes", Note::NAME).await.unwrap();
-    transport.declare_queue("others").await.unwrap();
-    transport.bind("others", Other::NAME).await.unwrap();
+    // Two processes on one prefix: `a` publishes, `b` changes the bindings.
+    let shared_prefix = common::unique_prefix("publish-bindings-shared");
+    let url = REDIS.url();
+    let connect = || RedisTransport::connect(&url, RedisOptions::default().with_prefix(shared_prefix.clone()));
+    let (a, b) = (connect().await.unwrap(), connect().await.unwrap());
+    let (a, b) = (a.into_engine(), b.into_engine());
 
-    let publish_round = |from: u32| {
+    b.transport.declare_queue("first").await.unwrap();
+    b.transport.bind("first", Note::NAME).await.unwrap();
+    a.transport.publish(note(1), None).await.unwrap();
+    // `a` has read the bindings ({first}) and keeps them; `b` binds a second queue.
+    b.transport.declare_queue("second").await.unwrap();
+    b.transport.bind("second", Note::NAME).await.unwrap();
+    a.transport.publish(note(2), None).await.unwrap();
+    assert_eq!(ready(&a, "first").await, 2, "the first queue gets both messages");
+    assert_eq!(ready(&a, "second").await, 1, "the second queue gets the message published after it was bound");
+    assert_eq!(take(&a, "second", 1).await, [2]);
+
+    // `b` deletes the first queue: `a`'s next publish neither reaches it nor brings its stream back.
+    b.transport.delete_queue("first").await.unwrap();
+    a.transport.publish(note(3), None).await.unwrap();
+    assert_eq!(take(&a, "second", 1).await, [3]);
+    let client = redis::Client::open(REDIS.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let exists: i64 =
+        redis::cmd("EXISTS").arg(format!("{shared_prefix}:q:first")).query_async(&mut conn).await.unwrap();
+    assert_eq!(exists, 0, "a publish with bindings read before the delete must not recreate the deleted queue");
+    a.transport.flush().await.unwrap();
+    common::delete_keys(&shared_prefix);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_two_types_reaches_only_the_bound_queues() {
+    if !REDIS.require() {
+        return;
+    }
+    let engine = common::engine("publish-types").await;
+    let transport = &engine.transport;
+    for (queue, message_type) in [("notes", Note::NAME), ("others", Other::NAME)] {
+        transport.declare_queue(queue).await.unwrap();
+        transport.bind(queue, message_type).await.unwrap();
+    }
+    // Concurrent publishes of both types, so one batch carries both.
+    let publishes = (0..100u32).map(|n| {
         let transport = transport.clone();
         async move {
-            // Concurrent publishes of both types, so one batch carries several bindings.
-            let publishes = (from..from + 50).map(|n| {
-                let transport = transport.clone();
-                async move {
-                    let raw = if n % 2 == 0 {
-                        Envelope::for_message("test", &Note { n }).unwrap().into_raw()
-                    } else {
-                        Envelope::for_message("test", &Other { n }).unwrap().into_raw()
-                    };
-                    transport.publish(raw, None).await.unwrap();
-                }
-            });
-            futures::future::join_all(publishes).await;
+            let raw =
+                if n % 2 == 0 { note(n) } else { Envelope::for_message("test", &Other { n }).unwrap().into_raw() };
+            transport.publish(raw, None).await.unwrap();
         }
-    };
-    publish_round(0).await;
-    let client = redis::Client::open(REDIS.url()).unwrap();
-    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut admin).await.unwrap();
-    publish_round(50).await;
-
-    for (queue, message_type, parity) in [("notes", Note::NAME, 0), ("others", Other::NAME, 1)] {
-        let mut subscription = transport.subscribe(queue, SubscriptionOptions::default()).await.unwrap();
-        let mut seen = Vec::new();
-        while seen.len() < 50 {
-            for mut delivery in subscription.next_batch(100).await.unwrap() {
-                let envelope = Envelope::from_raw(delivery.take_message()).unwrap();
-                assert_eq!(envelope.message_type, message_type, "queue '{queue}' got a message it is not bound to");
-                let n: u32 = serde_json::from_slice::<serde_json::Value>(&envelope.data).unwrap()["n"]
-                    .as_u64()
-                    .unwrap()
-                    .try_into()
-                    .unwrap();
-                seen.push(n);
-                delivery.ack().await.unwrap();
-            }
-        }
-        seen.sort_unstable();
-        let expected: Vec<u32> = (0..100).filter(|n| n % 2 == parity).collect();
-        assert_eq!(seen, expected, "queue '{queue}' should hold each of its messages once, before and after the flush");
-    }
+    });
+    futures::future::join_all(publishes).await;
+    let evens: Vec<u32> = (0..100).filter(|n| n % 2 == 0).collect();
+    let odds: Vec<u32> = (0..100).filter(|n| n % 2 == 1).collect();
+    assert_eq!(take(&engine, "notes", 50).await, evens, "each note once, and nothing else");
+    assert_eq!(take(&engine, "others", 50).await, odds, "each other message once, and nothing else");
+    assert_eq!((ready(&engine, "notes").await, ready(&engine, "others").await), (0, 0));
     engine.transport.flush().await.unwrap();
 }
