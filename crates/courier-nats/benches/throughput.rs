@@ -4,7 +4,9 @@
 //! context, as headers, and a JSON body; the consumer reads both).
 //!
 //! Run: `cargo bench -p courier-nats --bench throughput` (needs nats-server with `-js` on 127.0.0.1:4222 or
-//! `COURIER_TEST_NATS_URL`; about a minute). `COURIER_BENCH_MESSAGES` sets the throughput run's size (100,000).
+//! `COURIER_TEST_NATS_URL`; about a minute). `COURIER_BENCH_MESSAGES` sets the throughput run's size (100,000),
+//! `COURIER_BENCH_ROUNDS` the rounds, `COURIER_BENCH_ONLY` the scenarios (see [`courier_bench::Plan`]): `raw`,
+//! `contract`, `courier`, `alone`, `rate`.
 //! Prints a Markdown table and the Courier/raw ratios. Works in a namespace of its own, deleted at the end.
 
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
 use courier_bench::{
-    BenchMessage, CpuMeter, Figures, bus_latency_at_rate, bus_throughput, payload, transport_throughput,
+    BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, bus_throughput, payload, transport_throughput,
 };
 
 const SERVER: Option<&str> = Some("nats-server");
@@ -171,7 +173,8 @@ fn main() {
     if !NATS.require() {
         return;
     }
-    let messages: u64 = std::env::var("COURIER_BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let plan = Plan::from_env();
+    let messages = plan.messages;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
@@ -182,84 +185,53 @@ fn main() {
         let engine = transport.clone().into_engine();
         let client = transport.client().clone();
 
-        let mut rows = Vec::new();
         // Warm-up, not reported.
         let _ = raw("warm-up", client.clone(), &format!("courier_bench_raw_w{id}"), 10_000, None, Work::Plain).await;
         let _ = bus_throughput("warm-up", &engine, 10_000, IN_FLIGHT, PAYLOAD, |_| {}).await;
 
-        let raw_tp = CpuMeter::measure(
-            SERVER,
-            raw(
-                "raw async-nats, 256 in flight",
-                client.clone(),
-                &format!("courier_bench_raw_{id}"),
-                messages,
-                None,
-                Work::Plain,
-            ),
-        )
-        .await;
-        let courier_tp = CpuMeter::measure(SERVER, async {
-            bus_throughput("Courier on NATS, 256 in flight", &engine, messages, IN_FLIGHT, PAYLOAD, |_| {})
-                .await
-                .expect("Courier throughput run")
-        })
-        .await;
-        let rate_messages = (RATE as f64 * RATE_SECONDS) as u64;
-        let raw_rate = raw(
-            &format!("raw async-nats at {RATE} msg/s"),
-            client.clone(),
-            &format!("courier_bench_rawr_{id}"),
-            rate_messages,
-            Some(RATE),
-            Work::Plain,
-        )
-        .await;
-        let courier_rate =
-            bus_latency_at_rate(&format!("Courier on NATS at {RATE} msg/s"), &engine, RATE, RATE_SECONDS, PAYLOAD)
-                .await
-                .expect("Courier latency run");
-        let contract_tp = CpuMeter::measure(
-            SERVER,
-            raw(
-                "raw async-nats, 256 in flight, the contract's work (metadata headers, JSON)",
-                client.clone(),
-                &format!("courier_bench_rawc_{id}"),
-                messages,
-                None,
-                Work::Contract,
-            ),
-        )
-        .await;
-        let transport_tp = CpuMeter::measure(SERVER, async {
-            transport_throughput("Courier's NATS transport alone, no bus", &engine, messages, IN_FLIGHT, PAYLOAD)
-                .await
-                .expect("transport throughput run")
-        })
-        .await;
-        rows.extend([
-            raw_tp.clone(),
-            contract_tp.clone(),
-            courier_tp.clone(),
-            transport_tp,
-            raw_rate.clone(),
-            courier_rate.clone(),
-        ]);
-
-        println!("\n{}", Figures::header());
-        for row in &rows {
-            println!("{}", row.row());
+        let mut table = Table::new();
+        for round in 0..plan.rounds {
+            let stream = |name: &str| format!("courier_bench_{name}{round}_{id}");
+            if plan.runs("raw") {
+                let name = stream("raw");
+                let run = raw("raw async-nats, 256 in flight", client.clone(), &name, messages, None, Work::Plain);
+                table.add("raw", CpuMeter::measure(SERVER, run).await);
+            }
+            if plan.runs("contract") {
+                let scenario = "raw async-nats, 256 in flight, the contract's work (metadata headers, JSON)";
+                let name = stream("rawc");
+                let run = raw(scenario, client.clone(), &name, messages, None, Work::Contract);
+                table.add("contract", CpuMeter::measure(SERVER, run).await);
+            }
+            if plan.runs("courier") {
+                let run =
+                    bus_throughput("Courier on NATS, 256 in flight", &engine, messages, IN_FLIGHT, PAYLOAD, |_| {});
+                table.add("courier", CpuMeter::measure(SERVER, async { run.await.expect("Courier throughput") }).await);
+            }
+            if plan.runs("alone") {
+                let scenario = "Courier's NATS transport alone, no bus";
+                let run = transport_throughput(scenario, &engine, messages, IN_FLIGHT, PAYLOAD);
+                table.add("alone", CpuMeter::measure(SERVER, async { run.await.expect("transport throughput") }).await);
+            }
         }
-        println!(
-            "\nCourier / raw throughput: {:.1}%  (target >= 90%)",
-            100.0 * courier_tp.per_second / raw_tp.per_second
-        );
-        println!(
-            "Courier / raw doing the contract's work: {:.1}%",
-            100.0 * courier_tp.per_second / contract_tp.per_second
-        );
-        let ms = |us: Option<u64>| us.unwrap_or(0) as f64 / 1000.0;
-        println!("p99 at {RATE} msg/s: Courier {:.2} ms, raw {:.2} ms", ms(courier_rate.p99_us), ms(raw_rate.p99_us));
+        if plan.runs("rate") {
+            let rate_messages = (RATE as f64 * RATE_SECONDS) as u64;
+            let scenario = format!("raw async-nats at {RATE} msg/s");
+            let name = format!("courier_bench_rawr_{id}");
+            let run = raw(&scenario, client.clone(), &name, rate_messages, Some(RATE), Work::Plain);
+            table.add("raw-rate", run.await);
+            let scenario = format!("Courier on NATS at {RATE} msg/s");
+            let run = bus_latency_at_rate(&scenario, &engine, RATE, RATE_SECONDS, PAYLOAD);
+            table.add("courier-rate", run.await.expect("Courier latency run"));
+        }
+
+        println!();
+        table.print();
+        println!();
+        table.throughput_ratio("Courier / raw throughput (target >= 0.90)", "courier", "raw");
+        table.throughput_ratio("Courier / raw doing the contract's work", "courier", "contract");
+        table.throughput_ratio("Courier / its transport alone", "courier", "alone");
+        table.p99_ratio(&format!("Courier / raw p99 at {RATE} msg/s (target <= 1.5)"), "courier-rate", "raw-rate");
         if let Err(e) = transport.delete_namespace().await {
             eprintln!("could not delete the bench namespace '{namespace}': {e}");
         }
