@@ -3,8 +3,9 @@
 //!
 //! Run: `cargo bench -p courier-postgres --bench throughput` (PostgreSQL from `COURIER_TEST_POSTGRES_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/test`; about a minute). `COURIER_BENCH_MESSAGES=N` changes the size of the
-//! throughput runs (default 100,000). Prints a Markdown table; everything runs in a schema of its own, dropped at
-//! the end.
+//! throughput runs (default 100,000), `COURIER_BENCH_ROUNDS` their rounds, `COURIER_BENCH_ONLY` the scenarios (see
+//! [`courier_bench::Plan`]): `raw`, `courier`, `alone`, `contract`, `rate`. Prints a Markdown table; everything
+//! runs in a schema of its own, dropped at the end.
 //!
 //! - Courier: [`bus_throughput`] (256-byte messages, 256 publishes in flight, one consumer bus with prefetch
 //!   1,024 and concurrency 64) and [`bus_latency_at_rate`] at 5,000 msg/s.
@@ -21,7 +22,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use courier_bench::{BenchMessage, CpuMeter, Figures, bus_latency_at_rate, bus_throughput, payload};
+use courier_bench::{
+    BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, bus_throughput, payload, transport_throughput,
+};
 
 const SERVER: Option<&str> = Some("postgres");
 use courier_postgres::sqlx::{self, AssertSqlSafe, PgPool, Row};
@@ -40,10 +43,6 @@ const PAYLOAD: usize = 256;
 const BATCH: i64 = 100;
 const RAW_TASKS: usize = 4;
 const HEADERS: &str = r#"{"datacontenttype":"application/json","id":"0190f5a2-7c1e-7d4b-9a1e-2b3c4d5e6f70","source":"bench","specversion":"1.0","time":"2026-11-23T21:00:00.000000Z","type":"courier.bench.message.v1"}"#;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 fn now_us() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
@@ -296,9 +295,10 @@ fn main() {
     if !POSTGRES.require() {
         return;
     }
+    let plan = Plan::from_env();
+    let messages = plan.messages;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
-        let messages = env_u64("COURIER_BENCH_MESSAGES", 100_000);
         let schema = format!("courier_bench_{}", uuid::Uuid::new_v4().simple());
         let options = PostgresOptions::default().schema(&schema).application_name("courier_bench");
         let transport = PostgresTransport::connect(&POSTGRES.url(), options).await.expect("connect");
@@ -313,37 +313,42 @@ fn main() {
         bus_throughput("warm-up", &engine, 5_000, 256, PAYLOAD, |_| {}).await.expect("warm-up");
         let _ = raw_throughput(&raw_pool, &schema, 5_000, Work::Plain).await;
 
-        let raw = CpuMeter::measure(SERVER, raw_throughput(&raw_pool, &schema, messages, Work::Plain)).await;
-        let courier = CpuMeter::measure(SERVER, async {
-            bus_throughput("courier postgres (256 in flight)", &engine, messages, 256, PAYLOAD, |_| {})
-                .await
-                .expect("courier throughput")
-        })
-        .await;
-        let raw_rate = raw_at_rate(&raw_pool, &schema, 5_000, 5.0).await;
-        let courier_rate = bus_latency_at_rate("courier postgres @ 5000 msg/s", &engine, 5_000, 5.0, PAYLOAD)
-            .await
-            .expect("courier at rate");
-        // Last: its updates leave dead rows behind that would slow the runs after it.
-        let contract = CpuMeter::measure(SERVER, raw_throughput(&raw_pool, &schema, messages, Work::Contract)).await;
-
-        println!("\n{}", Figures::header());
-        for f in [&raw, &contract, &courier, &raw_rate, &courier_rate] {
-            println!("{}", f.row());
+        let mut table = Table::new();
+        for _ in 0..plan.rounds {
+            if plan.runs("raw") {
+                table.add(
+                    "raw",
+                    CpuMeter::measure(SERVER, raw_throughput(&raw_pool, &schema, messages, Work::Plain)).await,
+                );
+            }
+            if plan.runs("courier") {
+                let run = bus_throughput("courier postgres (256 in flight)", &engine, messages, 256, PAYLOAD, |_| {});
+                table.add("courier", CpuMeter::measure(SERVER, async { run.await.expect("courier throughput") }).await);
+            }
+            if plan.runs("alone") {
+                let run =
+                    transport_throughput("courier's postgres transport alone, no bus", &engine, messages, 256, PAYLOAD);
+                table.add("alone", CpuMeter::measure(SERVER, async { run.await.expect("transport throughput") }).await);
+            }
+            // Last in a round: its updates leave dead rows behind that would slow the runs after it.
+            if plan.runs("contract") {
+                let run = raw_throughput(&raw_pool, &schema, messages, Work::Contract);
+                table.add("contract", CpuMeter::measure(SERVER, run).await);
+            }
         }
-        println!(
-            "\nthroughput ratio courier / raw sqlx: {:.2} ({:.0} / {:.0} msg/s)",
-            courier.per_second / raw.per_second,
-            courier.per_second,
-            raw.per_second
-        );
-        println!(
-            "throughput ratio courier / raw sqlx doing the contract's work: {:.2} ({:.0} msg/s)",
-            courier.per_second / contract.per_second,
-            contract.per_second
-        );
-        let ms = |f: &Figures| f.p99_us.unwrap_or(0) as f64 / 1000.0;
-        println!("p99 at 5,000 msg/s: courier {:.2} ms, raw sqlx {:.2} ms", ms(&courier_rate), ms(&raw_rate));
+        if plan.runs("rate") {
+            table.add("raw-rate", raw_at_rate(&raw_pool, &schema, 5_000, 5.0).await);
+            let run = bus_latency_at_rate("courier postgres @ 5000 msg/s", &engine, 5_000, 5.0, PAYLOAD);
+            table.add("courier-rate", run.await.expect("courier at rate"));
+        }
+
+        println!();
+        table.print();
+        println!();
+        table.throughput_ratio("Courier / raw sqlx throughput (target >= 0.90)", "courier", "raw");
+        table.throughput_ratio("Courier / raw sqlx doing the contract's work", "courier", "contract");
+        table.throughput_ratio("Courier / its transport alone", "courier", "alone");
+        table.p99_ratio("Courier / raw sqlx p99 at 5,000 msg/s (target <= 1.5)", "courier-rate", "raw-rate");
         transport.drop_schema().await.expect("drop the bench schema");
     });
 }
