@@ -5,13 +5,17 @@
 //! headers, and a JSON body; the consumer reads both).
 //!
 //! Run: `cargo bench -p courier-rabbitmq --bench throughput` (needs the broker at `COURIER_TEST_AMQP_URL`).
-//! `COURIER_BENCH_MESSAGES` sets the count (default 100,000).
+//! `COURIER_BENCH_MESSAGES` sets the count (default 100,000), `COURIER_BENCH_ROUNDS` the rounds of the throughput
+//! scenarios, `COURIER_BENCH_ONLY` the scenarios (see [`courier_bench::Plan`]): `raw`, `contract`, `courier`,
+//! `alone`, `rate`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use courier_bench::{BenchMessage, CpuMeter, Figures, bus_latency_at_rate, bus_throughput};
+use courier_bench::{
+    BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, bus_throughput, transport_throughput,
+};
 
 const SERVER: Option<&str> = Some("beam.smp");
 use courier_rabbitmq::{RabbitMqOptions, RabbitMqTransport};
@@ -182,7 +186,8 @@ fn main() {
     if !RABBITMQ.require() {
         return;
     }
-    let messages: u64 = std::env::var("COURIER_BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let plan = Plan::from_env();
+    let messages = plan.messages;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let url = RABBITMQ.url();
@@ -192,39 +197,49 @@ fn main() {
         let engine = transport.clone().into_engine();
         let raw_url = transport.options().url.clone();
 
-        let raw_tp = CpuMeter::measure(
-            SERVER,
-            raw(&raw_url, "raw lapin, 256 in flight (baseline)", messages, None, Work::Plain),
-        )
-        .await;
-        let courier_tp = CpuMeter::measure(SERVER, async {
-            bus_throughput("Courier bus, 256 publishers", &engine, messages, IN_FLIGHT, PAYLOAD, |_| {})
-                .await
-                .expect("Courier throughput")
-        })
-        .await;
-        let rate_messages = (RATE as f64 * RATE_SECONDS) as u64;
-        let raw_rate =
-            raw(&raw_url, "raw lapin at 5,000 msg/s (baseline)", rate_messages, Some(RATE), Work::Plain).await;
-        let courier_rate = bus_latency_at_rate("Courier bus at 5,000 msg/s", &engine, RATE, RATE_SECONDS, PAYLOAD)
-            .await
-            .expect("Courier latency at rate");
-        let scenario = "raw lapin, 256 in flight, the contract's work (metadata, JSON)";
-        let contract_tp = CpuMeter::measure(SERVER, raw(&raw_url, scenario, messages, None, Work::Contract)).await;
+        let mut table = Table::new();
+        for _ in 0..plan.rounds {
+            if plan.runs("raw") {
+                let run = raw(&raw_url, "raw lapin, 256 in flight (baseline)", messages, None, Work::Plain);
+                table.add("raw", CpuMeter::measure(SERVER, run).await);
+            }
+            if plan.runs("contract") {
+                let scenario = "raw lapin, 256 in flight, the contract's work (metadata, JSON)";
+                table.add(
+                    "contract",
+                    CpuMeter::measure(SERVER, raw(&raw_url, scenario, messages, None, Work::Contract)).await,
+                );
+            }
+            if plan.runs("courier") {
+                let run = bus_throughput("Courier bus, 256 publishers", &engine, messages, IN_FLIGHT, PAYLOAD, |_| {});
+                table.add("courier", CpuMeter::measure(SERVER, async { run.await.expect("Courier throughput") }).await);
+            }
+            if plan.runs("alone") {
+                let run = transport_throughput(
+                    "Courier's RabbitMQ transport alone, no bus",
+                    &engine,
+                    messages,
+                    IN_FLIGHT,
+                    PAYLOAD,
+                );
+                table.add("alone", CpuMeter::measure(SERVER, async { run.await.expect("transport throughput") }).await);
+            }
+        }
+        if plan.runs("rate") {
+            let rate_messages = (RATE as f64 * RATE_SECONDS) as u64;
+            let run = raw(&raw_url, "raw lapin at 5,000 msg/s (baseline)", rate_messages, Some(RATE), Work::Plain);
+            table.add("raw-rate", run.await);
+            let run = bus_latency_at_rate("Courier bus at 5,000 msg/s", &engine, RATE, RATE_SECONDS, PAYLOAD);
+            table.add("courier-rate", run.await.expect("Courier latency at rate"));
+        }
 
         println!("\nRabbitMQ, {PAYLOAD}-byte persistent messages, publisher confirms, manual acks\n");
-        println!("{}", Figures::header());
-        for f in [&raw_tp, &contract_tp, &courier_tp, &raw_rate, &courier_rate] {
-            println!("{}", f.row());
-        }
-        println!(
-            "\nCourier / raw throughput: {:.0}%  (target >= 90%)",
-            100.0 * courier_tp.per_second / raw_tp.per_second.max(1e-9)
-        );
-        println!(
-            "Courier / raw doing the contract's work: {:.0}%",
-            100.0 * courier_tp.per_second / contract_tp.per_second.max(1e-9)
-        );
+        table.print();
+        println!();
+        table.throughput_ratio("Courier / raw throughput (target >= 0.90)", "courier", "raw");
+        table.throughput_ratio("Courier / raw doing the contract's work", "courier", "contract");
+        table.throughput_ratio("Courier / its transport alone", "courier", "alone");
+        table.p99_ratio(&format!("Courier / raw p99 at {RATE} msg/s (target <= 1.5)"), "courier-rate", "raw-rate");
         transport.delete_namespace().await.expect("delete the bench namespace");
         transport.close().await;
     });
