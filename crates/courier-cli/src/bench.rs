@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 
-use courier_bench::{Figures, bus_latency_at_rate, bus_throughput};
+use courier_bench::{Figures, bus_latency_at_rate, bus_throughput, transport_throughput};
 
 use crate::cli::BenchArgs;
 use crate::output::{emit, json, line, progress};
@@ -27,6 +27,15 @@ pub(crate) async fn run(engine_url: Option<&str>, args: &BenchArgs) -> anyhow::R
         .await?;
     bar.finish_and_clear();
     let mut rows = vec![throughput];
+    if args.alone {
+        if !args.json {
+            line("Transport alone, no bus...")?;
+        }
+        let scenario = format!("transport alone, {} publishers", args.publishers);
+        rows.push(
+            transport_throughput(&scenario, &engine, args.messages, args.publishers as usize, args.payload).await?,
+        );
+    }
     if args.rate > 0 {
         if !args.json {
             line(format!("Latency run: {} msg/s for {} s...", args.rate, args.seconds))?;

@@ -63,6 +63,9 @@ pub(crate) struct BenchArgs {
     /// Length of the latency run in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
     pub(crate) seconds: f64,
+    /// Also run the throughput scenario on the engine's transport alone, without the bus (what the bus costs).
+    #[arg(long)]
+    pub(crate) alone: bool,
     /// Print the figures as JSON.
     #[arg(long)]
     pub(crate) json: bool,

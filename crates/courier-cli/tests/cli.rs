@@ -271,6 +271,12 @@ fn bench_reports_throughput_and_latency() {
     assert!(rows[1]["p99_us"].as_u64().unwrap() > 0);
     let memory = json(dir.path(), &["--engine", "memory://", "bench", "--messages", "500", "--rate", "0", "--json"]);
     assert_eq!(memory["rows"].as_array().unwrap().len(), 1);
+    let alone = json(dir.path(), &["bench", "--messages", "500", "--rate", "0", "--alone", "--json"]);
+    let rows = alone["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "--alone adds the transport-alone row: {rows:?}");
+    assert_eq!(rows[1]["messages"], 500);
+    assert!(rows[1]["scenario"].as_str().unwrap().contains("transport alone"));
+    assert!(rows[1]["p99_us"].as_u64().unwrap() > 0);
 }
 
 /// Drops a PostgreSQL schema when dropped (also when the test fails), on a runtime of its own.
