@@ -217,25 +217,29 @@ impl Envelope {
     pub fn into_raw(self) -> RawMessage {
         use crate::HeaderName as N;
         let mut headers = self.extensions;
+        // The six every message has, and room for a trace context and a correlation.
+        headers.reserve(8);
         let mut put = |k: &'static str, v: String| {
             headers.insert(N::from_static(k), v);
         };
-        put(attr::SPECVERSION, "1.0".to_owned());
-        put(attr::ID, self.id);
-        put(attr::SOURCE, self.source);
-        put(attr::TYPE, self.message_type);
-        put(attr::TIME, rfc3339_micros(&self.time));
-        put(attr::DATACONTENTTYPE, self.content_type);
-        let optional = [
-            (attr::CORRELATIONID, self.correlation_id),
+        // In name order, so that each lands at the end of the (sorted) headers when there are no extensions.
+        let attributes = [
             (attr::CAUSATIONID, self.causation_id),
-            (attr::TRACEPARENT, self.traceparent),
-            (attr::TRACESTATE, self.tracestate),
+            (attr::CORRELATIONID, self.correlation_id),
+            (attr::DATACONTENTTYPE, Some(self.content_type)),
+            (attr::EXPIRESAT, self.expires_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))),
+            (attr::ID, Some(self.id)),
             (attr::PARTITIONKEY, self.partition_key),
             (attr::REPLYTO, self.reply_to),
-            (attr::EXPIRESAT, self.expires_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))),
+            (attr::SOURCE, Some(self.source)),
+            (attr::SPECVERSION, Some("1.0".to_owned())),
+            (attr::TIME, Some(rfc3339_micros(&self.time))),
+            (attr::TRACEPARENT, self.traceparent),
+            (attr::TRACESTATE, self.tracestate),
+            (attr::TYPE, Some(self.message_type)),
         ];
-        for (k, v) in optional {
+        debug_assert!(attributes.is_sorted_by_key(|(name, _)| *name));
+        for (k, v) in attributes {
             if let Some(v) = v {
                 put(k, v);
             }

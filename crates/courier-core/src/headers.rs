@@ -189,6 +189,11 @@ impl Headers {
         Self { entries: Vec::with_capacity(capacity) }
     }
 
+    /// Makes room for `additional` more headers.
+    pub fn reserve(&mut self, additional: usize) {
+        self.entries.reserve(additional);
+    }
+
     fn position(&self, name: &str) -> Result<usize, usize> {
         // Entries arrive in name order more often than not (read off a sorted wire format, or built so): check the
         // end before searching.
