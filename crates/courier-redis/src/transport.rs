@@ -113,7 +113,7 @@ impl RedisTransport {
         let pump =
             tokio::spawn(pump(conn.clone(), scripts.clone(), keys.clone(), options.pump_interval, pump_wake.clone()));
         let (publishes, queued) = mpsc::channel(PUBLISH_BATCH);
-        tokio::spawn(publish_batches(conn.clone(), keys.clone(), queued));
+        tokio::spawn(publish_batches(conn.clone(), scripts.clone(), keys.clone(), queued));
         let subscriptions = AtomicU64::new(0);
         let (draining, drained) = (Default::default(), Notify::new());
         let core = Core {
@@ -263,7 +263,7 @@ struct Publish {
 /// Publishes in batches: whatever publishers queued while the last batch was in flight goes in one transaction
 /// (one round trip, not one each). A lone publish goes at once, so nothing waits for a batch to fill. Each
 /// publisher hears back when its batch is on the server, or its error.
-async fn publish_batches(conn: Arc<Conn>, keys: Keys, mut queued: mpsc::Receiver<Publish>) {
+async fn publish_batches(conn: Arc<Conn>, scripts: Arc<Scripts>, keys: Keys, mut queued: mpsc::Receiver<Publish>) {
     let mut batch: Vec<Publish> = Vec::with_capacity(PUBLISH_BATCH);
     let mut bindings = Bindings::new(keys);
     while let Some(first) = queued.recv().await {
@@ -274,7 +274,7 @@ async fn publish_batches(conn: Arc<Conn>, keys: Keys, mut queued: mpsc::Receiver
             bytes += next.body.len() + next.headers.len();
             batch.push(next);
         }
-        match bindings.publish(&conn, &batch).await {
+        match bindings.publish(&conn, &scripts, &batch).await {
             Ok(()) => batch.drain(..).for_each(|p| drop(p.reply.send(Ok(())))),
             Err(e) => {
                 for publish in batch.drain(..) {
@@ -285,8 +285,8 @@ async fn publish_batches(conn: Arc<Conn>, keys: Keys, mut queued: mpsc::Receiver
     }
 }
 
-/// The most times a batch is written again because bindings changed while it was on its way.
-const BINDING_CHANGES_TOLERATED: usize = 16;
+/// The most times one batch is written (again, to the queues some of its messages missed) before giving up.
+const BATCH_WRITES: usize = 16;
 
 /// The queues bound to each message type, as this transport last read them, and the bindings version
 /// (`<prefix>:bindver`) they were read at. Owned by the publishing task.
@@ -298,18 +298,27 @@ const BINDING_CHANGES_TOLERATED: usize = 16;
 /// moment. Otherwise the bindings are read again and each message is written to the queues it missed, before its
 /// publish returns: a binding made before a publish starts always receives it, as with one script per publish,
 /// and the steady state costs the server plain `XADD`s instead of a Lua call per message (a script per batch
-/// spent about 2 us a message in Lua, next to 0.7 us for the `XADD` itself).
+/// spent about 2 us a message in Lua, next to 0.7 us for the `XADD` itself). A bound queue whose stream is gone
+/// although the queue was not deleted (the key deleted by hand, or evicted) is declared again and written to, so
+/// no message is dropped for it.
 struct Bindings {
     keys: Keys,
     version: Option<String>,
-    streams: HashMap<String, Arc<[String]>>,
+    bound: HashMap<String, Arc<[Bound]>>,
     /// Reused for each message's bindings key.
     key: String,
 }
 
+/// A queue bound to a message type, and its stream's key.
+#[derive(Debug, Clone)]
+struct Bound {
+    queue: String,
+    stream: String,
+}
+
 impl Bindings {
     fn new(keys: Keys) -> Self {
-        Self { keys, version: None, streams: HashMap::new(), key: String::new() }
+        Self { keys, version: None, bound: HashMap::new(), key: String::new() }
     }
 
     /// Forgets what was read and reads the bindings of `types`, with the version, in one transaction.
@@ -322,62 +331,82 @@ impl Bindings {
         }
         let mut reply = array(query(conn, &pipe, "reading bindings").await?).into_iter();
         self.version = reply.next().and_then(|v| String::from_redis_value(v).ok());
-        self.streams.clear();
+        self.bound.clear();
         for (message_type, queues) in types.iter().zip(reply) {
             let queues: Vec<String> = FromRedisValue::from_redis_value(queues).unwrap_or_default();
-            let streams: Arc<[String]> = queues.iter().map(|q| self.keys.stream(q)).collect();
-            self.streams.insert((*message_type).to_owned(), streams);
+            let bound = queues.into_iter().map(|queue| Bound { stream: self.keys.stream(&queue), queue }).collect();
+            self.bound.insert((*message_type).to_owned(), bound);
         }
         Ok(())
     }
 
     /// Appends each message of `batch` to every queue bound to its type.
-    async fn publish(&mut self, conn: &Conn, batch: &[Publish]) -> Result<()> {
-        if batch.iter().any(|p| !self.streams.contains_key(&p.message_type)) {
+    async fn publish(&mut self, conn: &Conn, scripts: &Scripts, batch: &[Publish]) -> Result<()> {
+        if batch.iter().any(|p| !self.bound.contains_key(&p.message_type)) {
             self.refresh(conn, &types_of(batch)).await?;
         }
-        let mut targets: Vec<Arc<[String]>> = batch.iter().map(|p| self.streams[&p.message_type].clone()).collect();
-        // Filled only when bindings changed under a batch: the streams each message was already written to.
-        let mut written: Vec<Vec<String>> = Vec::new();
-        for _ in 0..BINDING_CHANGES_TOLERATED {
+        let mut targets: Vec<Arc<[Bound]>> = batch.iter().map(|p| self.bound[&p.message_type].clone()).collect();
+        // Filled only when a batch is written again: the queues each message reached.
+        let mut reached: Vec<Vec<String>> = Vec::new();
+        for _ in 0..BATCH_WRITES {
             let mut pipe = redis::pipe();
             pipe.atomic();
-            for (publish, streams) in batch.iter().zip(&targets) {
-                for stream in streams.iter() {
+            for (publish, queues) in batch.iter().zip(&targets) {
+                for bound in queues.iter() {
                     pipe.cmd("XADD")
-                        .arg(stream)
+                        .arg(&bound.stream)
                         .arg("NOMKSTREAM")
                         .arg("*")
                         .arg("h")
                         .arg(&publish.headers)
                         .arg("b")
-                        .arg(publish.body.as_ref())
-                        .ignore();
+                        .arg(publish.body.as_ref());
                 }
             }
             pipe.cmd("GET").arg(self.keys.bindings_version());
-            let version = array(query(conn, &pipe, "publishing").await?).into_iter().next();
-            let version = version.and_then(|v| String::from_redis_value(v).ok());
-            if version == self.version {
+            let mut replies = array(query(conn, &pipe, "publishing").await?);
+            let version = replies.pop().and_then(|v| String::from_redis_value(v).ok());
+            let unchanged = version == self.version;
+            // `XADD ... NOMKSTREAM` answers nil where the stream does not exist.
+            if unchanged && !replies.iter().any(|r| matches!(r, Value::Nil)) {
                 return Ok(());
             }
-            // Bindings changed since they were read: read them again, and write each message where it is missing.
-            if written.is_empty() {
-                written = vec![Vec::new(); batch.len()];
+            if reached.is_empty() {
+                reached = vec![Vec::new(); batch.len()];
             }
-            for (done, streams) in written.iter_mut().zip(&targets) {
-                done.extend(streams.iter().cloned());
+            let (mut replies, mut vanished) = (replies.into_iter(), Vec::new());
+            for (done, queues) in reached.iter_mut().zip(&targets) {
+                for bound in queues.iter() {
+                    match replies.next() {
+                        Some(Value::Nil) | None => vanished.push(bound.queue.clone()),
+                        Some(_) => done.push(bound.queue.clone()),
+                    }
+                }
             }
-            self.refresh(conn, &types_of(batch)).await?;
+            if unchanged {
+                // Still bound, and no delete changed the bindings: the stream went some other way. Declare the
+                // queue again (stream and consumer group), as a subscriber would, and write to it.
+                vanished.sort_unstable();
+                vanished.dedup();
+                for queue in vanished {
+                    let mut inv = scripts.declare.prepare_invoke();
+                    inv.arg(&self.keys.prefix).arg(&queue).arg("1");
+                    invoke::<i64>(conn, &format!("declaring queue '{queue}' again"), &inv).await?;
+                }
+            } else {
+                self.refresh(conn, &types_of(batch)).await?;
+            }
             targets = batch
                 .iter()
-                .zip(&written)
-                .map(|(p, done)| self.streams[&p.message_type].iter().filter(|s| !done.contains(s)).cloned().collect())
+                .zip(&reached)
+                .map(|(p, done)| {
+                    self.bound[&p.message_type].iter().filter(|b| !done.contains(&b.queue)).cloned().collect()
+                })
                 .collect();
         }
         Err(Error::engine(format!(
-            "publishing: the bindings changed {BINDING_CHANGES_TOLERATED} times while one batch was written; \
-             retry the publish"
+            "publishing: {BATCH_WRITES} writes of one batch did not reach every bound queue (the bindings kept \
+             changing); retry the publish"
         )))
     }
 }

@@ -118,3 +118,25 @@ async fn a_batch_of_two_types_reaches_only_the_bound_queues() {
     assert_eq!((ready(&engine, "notes").await, ready(&engine, "others").await), (0, 0));
     engine.transport.flush().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_queue_whose_stream_vanished_is_declared_again_and_gets_the_message() {
+    if !REDIS.require() {
+        return;
+    }
+    let transport = common::transport("publish-vanished").await;
+    let prefix = transport.prefix().to_owned();
+    let engine = transport.into_engine();
+    engine.transport.declare_queue("notes").await.unwrap();
+    engine.transport.bind("notes", Note::NAME).await.unwrap();
+    engine.transport.publish(note(1), None).await.unwrap();
+    assert_eq!(take(&engine, "notes", 1).await, [1]);
+    // The stream goes without the queue being deleted (by hand here; an eviction does the same).
+    let client = redis::Client::open(REDIS.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("DEL").arg(format!("{prefix}:q:notes")).query_async(&mut conn).await.unwrap();
+    engine.transport.publish(note(2), None).await.unwrap();
+    assert_eq!(take(&engine, "notes", 1).await, [2], "the message published after the stream vanished arrives");
+    engine.transport.flush().await.unwrap();
+    common::delete_keys(&prefix);
+}
