@@ -126,7 +126,17 @@ pub(crate) async fn run_endpoint(
             let (bus, endpoint, abort) = (bus.clone(), endpoint.clone(), abort.clone());
             let handling = async move {
                 let _held = held;
-                process(&bus, &endpoint, delivery, running, &abort).await;
+                // The handler's own panics are caught in `process`; this catches the rest (an observer, a metrics
+                // recorder), so that one bad message never stops the consumer loop, whether it is handled here or
+                // in a task. The delivery, dropped by the unwinding, is released for redelivery.
+                let processed = AssertUnwindSafe(process(&bus, &endpoint, delivery, running, &abort)).catch_unwind();
+                if let Err(panic) = processed.await {
+                    tracing::error!(
+                        queue = %endpoint.queue,
+                        panic = %panic_message(panic),
+                        "a panic outside the handler stopped this message's handling; it will be redelivered"
+                    );
+                }
             };
             if spawn_next > 0 {
                 spawn_next -= 1;

@@ -61,6 +61,20 @@ where
     W: Fn(u64) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    observe_with(jobs, concurrency, Vec::new(), work).await
+}
+
+/// [`observe`], with bus observers.
+async fn observe_with<W, Fut>(
+    jobs: u64,
+    concurrency: usize,
+    observers: Vec<Arc<dyn courier_bus::BusObserver>>,
+    work: W,
+) -> Arc<Observed>
+where
+    W: Fn(u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let engine = MemoryTransport::new().into_engine();
     let sender = Bus::builder("sender").engine_instance(engine.clone()).start().await.expect("sender");
     for n in 0..jobs {
@@ -68,10 +82,11 @@ where
     }
     let seen = Arc::new(Observed::default());
     let s = seen.clone();
-    let bus = Bus::builder("jobs")
-        .engine_instance(engine)
-        .prefetch(64)
-        .concurrency(concurrency)
+    let mut builder = Bus::builder("jobs").engine_instance(engine).prefetch(64).concurrency(concurrency);
+    for observer in observers {
+        builder = builder.observer(observer);
+    }
+    let bus = builder
         .consume(move |job: Job, _ctx: Context| {
             let (s, work) = (s.clone(), work.clone());
             async move {
@@ -118,4 +133,29 @@ async fn a_concurrency_of_one_handles_in_queue_order() {
     assert_eq!(seen.most.load(Ordering::SeqCst), 1, "a concurrency of 1 ran two handlers at once");
     let started = seen.started.lock().unwrap().clone();
     assert_eq!(started, (0..JOBS).collect::<Vec<_>>(), "a concurrency of 1 should handle in queue order");
+}
+
+/// Panics when told the first message was handled.
+#[derive(Debug)]
+struct PanickyObserver;
+
+impl courier_bus::BusObserver for PanickyObserver {
+    fn consumed(&self, event: &courier_bus::Consumed) {
+        let first = event.envelope.as_ref().and_then(|e| e.decode::<Job>().ok()).is_some_and(|job| job.n == 0);
+        if first && event.outcome == courier_bus::Outcome::Handled {
+            panic!("observer failed");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_outside_the_handler_does_not_stop_the_consumer() {
+    const JOBS: u64 = 20;
+    // `observe` waits until every job was handled (or fails after 20 s).
+    let seen = observe_with(JOBS, 4, vec![Arc::new(PanickyObserver)], |_| async {}).await;
+    assert_eq!(
+        seen.ended.load(Ordering::SeqCst),
+        JOBS as usize,
+        "every message is handled although an observer panicked"
+    );
 }

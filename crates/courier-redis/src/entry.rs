@@ -20,13 +20,6 @@ impl Keys {
     pub(crate) fn dead_letters(&self, queue: &str) -> String {
         format!("{}:dlq:{queue}", self.prefix)
     }
-    /// Writes the key of a message type's bindings into `out` (cleared first), so a batch reuses one buffer.
-    pub(crate) fn bindings_into(&self, message_type: &str, out: &mut String) {
-        out.clear();
-        out.push_str(&self.prefix);
-        out.push_str(":bind:");
-        out.push_str(message_type);
-    }
     /// The key whose value changes whenever a binding is added or removed.
     pub(crate) fn bindings_version(&self) -> String {
         format!("{}:bindver", self.prefix)

@@ -90,6 +90,36 @@ return 1
 "#
 );
 
+/// ARGV: prefix, then message types. Returns the bindings version (set first if there is none, so a cache of
+/// bindings always has one to check), then for each type the queues bound to it.
+const BINDINGS: &str = lua!(
+    r#"
+local p = ARGV[1]
+local version = redis.call('GET', p .. ':bindver')
+if not version then
+  bindings_changed(p)
+  version = redis.call('GET', p .. ':bindver')
+end
+local out = {version}
+for i = 2, #ARGV do
+  out[i] = redis.call('SMEMBERS', p .. ':bind:' .. ARGV[i])
+end
+return out
+"#
+);
+
+/// ARGV: prefix, queue, bindings version. Declares a bound queue whose stream vanished (deleted by hand, evicted)
+/// again, only if the bindings are still at that version (else the queue may have been deleted meanwhile; the
+/// publisher reads the bindings again instead). Returns 1 if declared.
+const REVIVE: &str = lua!(
+    r#"
+local p, q = ARGV[1], ARGV[2]
+if redis.call('GET', p .. ':bindver') ~= ARGV[3] then return 0 end
+ensure(p, q, true)
+return 1
+"#
+);
+
 /// ARGV: prefix, queue, headers, body. Appends to one queue (declaring it).
 const SEND: &str = lua!(
     r#"
@@ -297,6 +327,8 @@ return 1
 #[derive(Debug)]
 pub(crate) struct Scripts {
     pub(crate) declare: Script,
+    pub(crate) bindings: Script,
+    pub(crate) revive: Script,
     pub(crate) send: Script,
     pub(crate) schedule: Script,
     pub(crate) pump: Script,
@@ -315,6 +347,8 @@ impl Scripts {
     pub(crate) fn new() -> Self {
         Self {
             declare: Script::new(DECLARE),
+            bindings: Script::new(BINDINGS),
+            revive: Script::new(REVIVE),
             send: Script::new(SEND),
             schedule: Script::new(SCHEDULE),
             pump: Script::new(PUMP),

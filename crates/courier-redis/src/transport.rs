@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use courier_core::{Engine, Error, RawMessage, Result, Subscription, SubscriptionOptions, Transport, now_millis};
 use redis::{Client, FromRedisValue, ScriptInvocation, Value};
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::conn::{Conn, is_dropped, to_error};
 use crate::entry::{Keys, array, encode_headers};
@@ -288,6 +289,11 @@ async fn publish_batches(conn: Arc<Conn>, scripts: Arc<Scripts>, keys: Keys, mut
 /// The most times one batch is written (again, to the queues some of its messages missed) before giving up.
 const BATCH_WRITES: usize = 16;
 
+/// How long bindings read are trusted without a version check having confirmed them recently; past it a batch
+/// reads them again first. A safety net only (every change of bindings moves the version, which each batch checks):
+/// it bounds what a process that does not move the version (an older Courier on the same prefix) can leave unseen.
+const BINDINGS_MAX_AGE: Duration = Duration::from_secs(1);
+
 /// The queues bound to each message type, as this transport last read them, and the bindings version
 /// (`<prefix>:bindver`) they were read at. Owned by the publishing task.
 ///
@@ -295,18 +301,17 @@ const BATCH_WRITES: usize = 16;
 /// is not brought back as a stray stream), then `GET` of the version. Every change of bindings (a new binding; a
 /// queue with bindings deleted) sets a new version in the same script that changes them, so if the version read
 /// with the batch is the one the bindings were read at, the batch went to exactly the queues bound at that
-/// moment. Otherwise the bindings are read again and each message is written to the queues it missed, before its
-/// publish returns: a binding made before a publish starts always receives it, as with one script per publish,
-/// and the steady state costs the server plain `XADD`s instead of a Lua call per message (a script per batch
-/// spent about 2 us a message in Lua, next to 0.7 us for the `XADD` itself). A bound queue whose stream is gone
-/// although the queue was not deleted (the key deleted by hand, or evicted) is declared again and written to, so
-/// no message is dropped for it.
+/// moment. Otherwise the bindings are read again, each message is written to the queues it missed and taken back
+/// (best effort: `XDEL`) from queues no longer bound, before its publish returns: a queue bound anywhere before a
+/// publish starts receives it, as with one script per publish, and the steady state costs the server plain
+/// `XADD`s instead of a Lua call per message (a script per batch spent about 2 us a message in Lua, next to
+/// 0.7 us for the `XADD` itself). A bound queue whose stream is gone although the bindings did not change (the key
+/// deleted by hand, or evicted) is declared again and written to, so no message is dropped for it.
 struct Bindings {
     keys: Keys,
     version: Option<String>,
+    read_at: Option<Instant>,
     bound: HashMap<String, Arc<[Bound]>>,
-    /// Reused for each message's bindings key.
-    key: String,
 }
 
 /// A queue bound to a message type, and its stream's key.
@@ -316,38 +321,59 @@ struct Bound {
     stream: String,
 }
 
+/// Where a message of a batch was written: the queue, its stream and the entry id.
+#[derive(Debug, Clone)]
+struct Written {
+    queue: String,
+    stream: String,
+    id: Option<String>,
+}
+
 impl Bindings {
     fn new(keys: Keys) -> Self {
-        Self { keys, version: None, bound: HashMap::new(), key: String::new() }
+        Self { keys, version: None, read_at: None, bound: HashMap::new() }
     }
 
-    /// Forgets what was read and reads the bindings of `types`, with the version, in one transaction.
-    async fn refresh(&mut self, conn: &Conn, types: &[&str]) -> Result<()> {
-        let mut pipe = redis::pipe();
-        pipe.atomic().cmd("GET").arg(self.keys.bindings_version());
+    /// Forgets what was read and reads the bindings of `types` with their version, in one script.
+    async fn refresh(&mut self, conn: &Conn, scripts: &Scripts, types: &[&str]) -> Result<()> {
+        let mut inv = scripts.bindings.prepare_invoke();
+        inv.arg(&self.keys.prefix);
         for message_type in types {
-            self.keys.bindings_into(message_type, &mut self.key);
-            pipe.cmd("SMEMBERS").arg(self.key.as_str());
+            inv.arg(*message_type);
         }
-        let mut reply = array(query(conn, &pipe, "reading bindings").await?).into_iter();
-        self.version = reply.next().and_then(|v| String::from_redis_value(v).ok());
+        let reply: Value = invoke(conn, "reading bindings", &inv).await?;
+        let mut reply = array(reply).into_iter();
+        let version = reply.next().and_then(|v| String::from_redis_value(v).ok());
+        let lists: Vec<Value> = reply.collect();
+        if version.is_none() || lists.len() != types.len() {
+            return Err(Error::engine("reading bindings: Redis answered in an unexpected shape; retry the publish"));
+        }
         self.bound.clear();
-        for (message_type, queues) in types.iter().zip(reply) {
+        for (message_type, queues) in types.iter().zip(lists) {
             let queues: Vec<String> = FromRedisValue::from_redis_value(queues).unwrap_or_default();
             let bound = queues.into_iter().map(|queue| Bound { stream: self.keys.stream(&queue), queue }).collect();
             self.bound.insert((*message_type).to_owned(), bound);
         }
+        (self.version, self.read_at) = (version, Some(Instant::now()));
         Ok(())
+    }
+
+    /// The queues bound to a type read by the last refresh.
+    fn of(&self, message_type: &str) -> Result<Arc<[Bound]>> {
+        self.bound.get(message_type).cloned().ok_or_else(|| {
+            Error::engine(format!("publishing: the bindings of '{message_type}' were not read; retry the publish"))
+        })
     }
 
     /// Appends each message of `batch` to every queue bound to its type.
     async fn publish(&mut self, conn: &Conn, scripts: &Scripts, batch: &[Publish]) -> Result<()> {
-        if batch.iter().any(|p| !self.bound.contains_key(&p.message_type)) {
-            self.refresh(conn, &types_of(batch)).await?;
+        let stale = self.read_at.is_none_or(|at| at.elapsed() > BINDINGS_MAX_AGE);
+        if stale || batch.iter().any(|p| !self.bound.contains_key(&p.message_type)) {
+            self.refresh(conn, scripts, &types_of(batch)).await?;
         }
-        let mut targets: Vec<Arc<[Bound]>> = batch.iter().map(|p| self.bound[&p.message_type].clone()).collect();
-        // Filled only when a batch is written again: the queues each message reached.
-        let mut reached: Vec<Vec<String>> = Vec::new();
+        let mut targets = batch.iter().map(|p| self.of(&p.message_type)).collect::<Result<Vec<_>>>()?;
+        // Filled only when a batch is written again: where each message was written.
+        let mut written: Vec<Vec<Written>> = Vec::new();
         for _ in 0..BATCH_WRITES {
             let mut pipe = redis::pipe();
             pipe.atomic();
@@ -365,49 +391,86 @@ impl Bindings {
             }
             pipe.cmd("GET").arg(self.keys.bindings_version());
             let mut replies = array(query(conn, &pipe, "publishing").await?);
+            if replies.len() != targets.iter().map(|t| t.len()).sum::<usize>() + 1 {
+                return Err(Error::engine("publishing: Redis answered in an unexpected shape; retry the publish"));
+            }
             let version = replies.pop().and_then(|v| String::from_redis_value(v).ok());
-            let unchanged = version == self.version;
+            let unchanged = version.is_some() && version == self.version;
             // `XADD ... NOMKSTREAM` answers nil where the stream does not exist.
             if unchanged && !replies.iter().any(|r| matches!(r, Value::Nil)) {
+                self.read_at = Some(Instant::now());
                 return Ok(());
             }
-            if reached.is_empty() {
-                reached = vec![Vec::new(); batch.len()];
+            if written.is_empty() {
+                written = vec![Vec::new(); batch.len()];
             }
             let (mut replies, mut vanished) = (replies.into_iter(), Vec::new());
-            for (done, queues) in reached.iter_mut().zip(&targets) {
+            for (done, queues) in written.iter_mut().zip(&targets) {
                 for bound in queues.iter() {
                     match replies.next() {
                         Some(Value::Nil) | None => vanished.push(bound.queue.clone()),
-                        Some(_) => done.push(bound.queue.clone()),
+                        Some(id) => {
+                            let id = String::from_redis_value(id).ok();
+                            done.push(Written { queue: bound.queue.clone(), stream: bound.stream.clone(), id });
+                        }
                     }
                 }
             }
             if unchanged {
-                // Still bound, and no delete changed the bindings: the stream went some other way. Declare the
-                // queue again (stream and consumer group), as a subscriber would, and write to it.
+                // Still bound, and no change of bindings: the stream went some other way. Declare the queue
+                // again (stream and consumer group), as a subscriber would, unless the bindings moved meanwhile.
                 vanished.sort_unstable();
                 vanished.dedup();
                 for queue in vanished {
-                    let mut inv = scripts.declare.prepare_invoke();
-                    inv.arg(&self.keys.prefix).arg(&queue).arg("1");
+                    let mut inv = scripts.revive.prepare_invoke();
+                    inv.arg(&self.keys.prefix).arg(&queue).arg(self.version.as_deref().unwrap_or_default());
                     invoke::<i64>(conn, &format!("declaring queue '{queue}' again"), &inv).await?;
                 }
             } else {
-                self.refresh(conn, &types_of(batch)).await?;
+                self.refresh(conn, scripts, &types_of(batch)).await?;
+                self.take_back_strays(conn, batch, &mut written).await?;
             }
             targets = batch
                 .iter()
-                .zip(&reached)
+                .zip(&written)
                 .map(|(p, done)| {
-                    self.bound[&p.message_type].iter().filter(|b| !done.contains(&b.queue)).cloned().collect()
+                    let bound = self.of(&p.message_type)?;
+                    Ok(bound.iter().filter(|b| !done.iter().any(|w| w.queue == b.queue)).cloned().collect())
                 })
-                .collect();
+                .collect::<Result<Vec<Arc<[Bound]>>>>()?;
+            if targets.iter().all(|t| t.is_empty()) {
+                return Ok(());
+            }
         }
         Err(Error::engine(format!(
             "publishing: {BATCH_WRITES} writes of one batch did not reach every bound queue (the bindings kept \
              changing); retry the publish"
         )))
+    }
+
+    /// Deletes the entries a batch wrote to queues no longer bound to their message's type (unbound while the
+    /// batch was on its way), so such a queue sees the publish as one made after it was unbound. Best effort: a
+    /// consumer may have read an entry already.
+    async fn take_back_strays(&self, conn: &Conn, batch: &[Publish], written: &mut [Vec<Written>]) -> Result<()> {
+        let mut pipe = redis::pipe();
+        let mut strays = 0;
+        for (publish, done) in batch.iter().zip(written.iter_mut()) {
+            let bound = self.of(&publish.message_type)?;
+            done.retain(|w| {
+                let still_bound = bound.iter().any(|b| b.queue == w.queue);
+                if let (false, Some(id)) = (still_bound, &w.id) {
+                    pipe.cmd("XDEL").arg(&w.stream).arg(id).ignore();
+                    strays += 1;
+                }
+                still_bound
+            });
+        }
+        if strays > 0
+            && let Err(e) = query(conn, &pipe, "taking back messages from queues unbound meanwhile").await
+        {
+            tracing::warn!(error = %e, messages = strays, "messages published as their queue was unbound stay in it");
+        }
+        Ok(())
     }
 }
 

@@ -49,6 +49,15 @@ async fn take(engine: &Engine, queue: &str, count: usize) -> Vec<u32> {
     seen
 }
 
+/// Two transports on one fresh prefix, as two processes would be; the prefix, to delete its keys at the end.
+async fn two_processes(test: &str) -> (String, Engine, Engine) {
+    let prefix = common::unique_prefix(test);
+    let url = REDIS.url();
+    let connect = || RedisTransport::connect(&url, RedisOptions::default().with_prefix(prefix.clone()));
+    let (a, b) = (connect().await.unwrap(), connect().await.unwrap());
+    (prefix.clone(), a.into_engine(), b.into_engine())
+}
+
 async fn ready(engine: &Engine, queue: &str) -> u64 {
     let stats = engine.admin.queues().await.unwrap();
     stats.iter().find(|s| s.name == queue).map_or(0, |s| s.ready)
@@ -60,11 +69,7 @@ async fn bindings_made_elsewhere_are_seen_by_the_next_publish() {
         return;
     }
     // Two processes on one prefix: `a` publishes, `b` changes the bindings.
-    let shared_prefix = common::unique_prefix("publish-bindings-shared");
-    let url = REDIS.url();
-    let connect = || RedisTransport::connect(&url, RedisOptions::default().with_prefix(shared_prefix.clone()));
-    let (a, b) = (connect().await.unwrap(), connect().await.unwrap());
-    let (a, b) = (a.into_engine(), b.into_engine());
+    let (shared_prefix, a, b) = two_processes("publish-bindings-shared").await;
 
     b.transport.declare_queue("first").await.unwrap();
     b.transport.bind("first", Note::NAME).await.unwrap();
@@ -139,4 +144,31 @@ async fn a_bound_queue_whose_stream_vanished_is_declared_again_and_gets_the_mess
     assert_eq!(take(&engine, "notes", 1).await, [2], "the message published after the stream vanished arrives");
     engine.transport.flush().await.unwrap();
     common::delete_keys(&prefix);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_unbound_and_declared_again_elsewhere_does_not_keep_a_publish() {
+    if !REDIS.require() {
+        return;
+    }
+    let (shared_prefix, a, b) = two_processes("publish-unbound").await;
+    b.transport.declare_queue("notes").await.unwrap();
+    b.transport.bind("notes", Note::NAME).await.unwrap();
+    a.transport.publish(note(1), None).await.unwrap();
+    assert_eq!(take(&a, "notes", 1).await, [1]);
+    // `a` still holds {notes} for the type; `b` deletes the queue and declares it again without the binding.
+    b.transport.delete_queue("notes").await.unwrap();
+    b.transport.declare_queue("notes").await.unwrap();
+    a.transport.publish(note(2), None).await.unwrap();
+    assert_eq!(ready(&a, "notes").await, 0, "a queue no longer bound must not keep a message published after");
+    let client = redis::Client::open(REDIS.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // The bindings version went missing (a flush of that key): the next publish reads the bindings again.
+    b.transport.bind("notes", Note::NAME).await.unwrap();
+    let _: i64 = redis::cmd("DEL").arg(format!("{shared_prefix}:bindver")).query_async(&mut conn).await.unwrap();
+    a.transport.publish(note(3), None).await.unwrap();
+    assert_eq!(take(&a, "notes", 1).await, [3]);
+    assert_eq!(ready(&a, "notes").await, 0, "the publish reached the queue once");
+    a.transport.flush().await.unwrap();
+    common::delete_keys(&shared_prefix);
 }
