@@ -289,9 +289,10 @@ async fn publish_batches(conn: Arc<Conn>, scripts: Arc<Scripts>, keys: Keys, mut
 /// The most times one batch is written (again, to the queues some of its messages missed) before giving up.
 const BATCH_WRITES: usize = 16;
 
-/// How long bindings read are trusted without a version check having confirmed them recently; past it a batch
-/// reads them again first. A safety net only (every change of bindings moves the version, which each batch checks):
-/// it bounds what a process that does not move the version (an older Courier on the same prefix) can leave unseen.
+/// How long bindings once read are used; past it a batch reads them again first (one script run a second for a
+/// busy publisher). A safety net only (every change of bindings moves the version, which each batch checks): it
+/// bounds how long a change by a process that does not move the version (an older Courier on the same prefix)
+/// goes unseen.
 const BINDINGS_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// The queues bound to each message type, as this transport last read them, and the bindings version
@@ -398,7 +399,6 @@ impl Bindings {
             let unchanged = version.is_some() && version == self.version;
             // `XADD ... NOMKSTREAM` answers nil where the stream does not exist.
             if unchanged && !replies.iter().any(|r| matches!(r, Value::Nil)) {
-                self.read_at = Some(Instant::now());
                 return Ok(());
             }
             if written.is_empty() {
