@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -52,7 +52,9 @@ pub(crate) struct Core {
     pub(crate) drained: Notify,
     subscriptions: AtomicU64,
     pump: tokio::task::JoinHandle<()>,
-    publishes: mpsc::Sender<Publish>,
+    /// One queue per publishing task; publishes take turns (see [`PUBLISHING_TASKS`]).
+    publishes: Vec<mpsc::Sender<Publish>>,
+    next_publisher: AtomicUsize,
 }
 
 impl Drop for Core {
@@ -113,8 +115,13 @@ impl RedisTransport {
         let pump_wake = Arc::new(Notify::new());
         let pump =
             tokio::spawn(pump(conn.clone(), scripts.clone(), keys.clone(), options.pump_interval, pump_wake.clone()));
-        let (publishes, queued) = mpsc::channel(PUBLISH_BATCH);
-        tokio::spawn(publish_batches(conn.clone(), scripts.clone(), keys.clone(), queued));
+        let publishes = (0..PUBLISHING_TASKS)
+            .map(|_| {
+                let (publishes, queued) = mpsc::channel(PUBLISH_BATCH);
+                tokio::spawn(publish_batches(conn.clone(), scripts.clone(), keys.clone(), queued));
+                publishes
+            })
+            .collect();
         let subscriptions = AtomicU64::new(0);
         let (draining, drained) = (Default::default(), Notify::new());
         let core = Core {
@@ -130,6 +137,7 @@ impl RedisTransport {
             subscriptions,
             pump,
             publishes,
+            next_publisher: AtomicUsize::new(0),
         };
         Ok(Self { core: Arc::new(core) })
     }
@@ -215,7 +223,8 @@ impl Transport for RedisTransport {
         let message_type = message.headers.remove(courier_core::attr::TYPE).unwrap_or_default();
         let publish = Publish { message_type, headers, body: message.body, reply };
         let gone = || Error::engine("publishing: the transport is shutting down");
-        self.core.publishes.send(publish).await.map_err(|_| gone())?;
+        let turn = self.core.next_publisher.fetch_add(1, Ordering::Relaxed) % self.core.publishes.len();
+        self.core.publishes[turn].send(publish).await.map_err(|_| gone())?;
         replied.await.map_err(|_| gone())?
     }
 
@@ -248,6 +257,12 @@ impl Transport for RedisTransport {
         }
     }
 }
+
+/// Publishing tasks, each with its own batches and its own copy of the bindings: with one, every publisher waited
+/// for the batch in flight and the connection idled between batches; with two, one batch is on its way while the
+/// next one forms. Each task keeps the binding guarantees on its own, and a publisher waits for each publish, so
+/// its publishes keep their order whichever task takes them.
+const PUBLISHING_TASKS: usize = 2;
 
 /// The most publishes sent in one script run, and about the most bytes (a batch stops growing past it).
 const PUBLISH_BATCH: usize = 256;
