@@ -18,7 +18,8 @@ struct Inner {
     envelope: Envelope,
     queue: Arc<str>,
     delivery_count: u32,
-    trace: TraceParent,
+    /// Made on first use: most handlings never ask for it when no tracing subscriber records spans.
+    trace: std::sync::OnceLock<TraceParent>,
     bus: Bus,
     metrics: Option<Arc<HandlerMetrics>>,
 }
@@ -42,12 +43,7 @@ impl Context {
         bus: Bus,
         metrics: Option<Arc<HandlerMetrics>>,
     ) -> Self {
-        let trace = envelope
-            .traceparent
-            .as_deref()
-            .and_then(TraceParent::parse)
-            .map(|parent| parent.child())
-            .unwrap_or_else(TraceParent::new_root);
+        let trace = std::sync::OnceLock::new();
         Self { inner: Arc::new(Inner { envelope, queue, delivery_count, trace, bus, metrics }) }
     }
 
@@ -122,7 +118,10 @@ impl Context {
 
     /// The trace context of this handling (a child of the message's `traceparent`).
     pub fn trace(&self) -> TraceParent {
-        self.inner.trace
+        *self.inner.trace.get_or_init(|| {
+            let parent = self.inner.envelope.traceparent.as_deref().and_then(TraceParent::parse);
+            parent.map_or_else(TraceParent::new_root, |parent| parent.child())
+        })
     }
 
     /// The bus this handler runs on.
@@ -134,7 +133,7 @@ impl Context {
     pub(crate) fn stamp(&self, out: &mut Envelope) {
         out.correlation_id = Some(self.correlation_id().to_owned());
         out.causation_id = Some(self.message_id().to_owned());
-        out.traceparent = Some(self.inner.trace.child().to_header());
+        out.traceparent = Some(self.trace().child().to_header());
         out.tracestate.clone_from(&self.inner.envelope.tracestate);
     }
 

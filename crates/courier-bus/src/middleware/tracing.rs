@@ -12,16 +12,21 @@ pub struct Tracing;
 
 impl Middleware for Tracing {
     fn handle<'a>(&'a self, ctx: &'a Context, next: Next<'a>) -> BoxFuture<'a, Result<(), HandlerError>> {
-        let trace = ctx.trace();
         let span = tracing::info_span!(
             "courier.consume",
             message.id = %ctx.message_id(),
             message.type = %ctx.message_type(),
             queue = %ctx.queue(),
             attempt = ctx.attempt(),
-            trace_id = %trace.trace_id_hex(),
-            span_id = %format_args!("{:016x}", trace.span_id),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
+        // Only for a span that is recorded: the trace context is made on first use.
+        if !span.is_disabled() {
+            let trace = ctx.trace();
+            span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
+            span.record("span_id", tracing::field::display(format_args!("{:016x}", trace.span_id)));
+        }
         Box::pin(
             async move {
                 let result = next.run(ctx).await;
