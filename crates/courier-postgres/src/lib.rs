@@ -65,8 +65,12 @@
 //! in the schema given by the `schema` option (default `courier`): `queues`, `bindings` (message type to queue:
 //! a publish is copied to every bound queue by one `INSERT ... SELECT`), `messages` (`seq`, `queue`,
 //! `message_id`, JSON `headers`, `bytea` `body`, `visible_at` and `enqueued_at` in epoch milliseconds,
-//! `deliveries`, `lease`) and `dead_letters`. Times are read from the database server's clock, except delivery
+//! deliveries`, `lease`) and `dead_letters`. Times are read from the database server's clock, except delivery
 //! times the caller gives.
+//!
+//! The transport's own connections run with `enable_seqscan` and `enable_bitmapscan` off: a queue table is often
+//! empty when autovacuum records its statistics, and a take prepared then would keep a plan that reads and sorts
+//! the whole queue once it fills again; every statement of the transport has an index to walk instead.
 //!
 //! # URL and options
 //!
