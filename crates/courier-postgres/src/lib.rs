@@ -70,7 +70,8 @@
 //!
 //! The transport's own connections run with `enable_seqscan` and `enable_bitmapscan` off: a queue table is often
 //! empty when autovacuum records its statistics, and a take prepared then would keep a plan that reads and sorts
-//! the whole queue once it fills again; every statement of the transport has an index to walk instead.
+//! the whole queue once it fills again; every statement of the transport has an index to walk instead. A take
+//! updates the rows it leased by their address (`ctid`), so no index choice is left to such statistics there.
 //!
 //! # URL and options
 //!

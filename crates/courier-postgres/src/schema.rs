@@ -134,9 +134,12 @@ impl Sql {
                     RETURNING queue
                 )
                 SELECT DISTINCT queue FROM inserted"),
+            // The rows are found again by their physical address (a TID scan): they are locked by the inner select
+            // and cannot move before the update, and no index choice is left to statistics that may say the table
+            // is empty (an index on (queue, visible_at, seq) was once chosen to find rows by seq, a full scan).
             take: s("UPDATE {s}.messages SET visible_at = {now} + $3, deliveries = deliveries + 1, lease = $4
-                WHERE seq = ANY(ARRAY(
-                    SELECT seq FROM {s}.messages WHERE queue = $1 AND visible_at <= {now}
+                WHERE ctid = ANY(ARRAY(
+                    SELECT ctid FROM {s}.messages WHERE queue = $1 AND visible_at <= {now}
                     ORDER BY visible_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED))
                 RETURNING seq, headers, body, deliveries"),
             next_visible: s("SELECT MIN(visible_at) - {now} FROM {s}.messages WHERE queue = $1"),
