@@ -197,6 +197,42 @@ impl Table {
     }
 }
 
+impl Table {
+    /// Prints the ratios every engine bench reports, from the scenario keys of [`Plan`]: Courier against the plain
+    /// raw client, against the raw client doing the contract's work, against its transport alone, and its p99 at
+    /// `rate` msg/s against the raw client's.
+    pub fn print_engine_ratios(&self, rate: u64) {
+        self.throughput_ratio("Courier / raw throughput (target >= 0.90)", "courier", "raw");
+        self.throughput_ratio("Courier / raw doing the contract's work", "courier", "contract");
+        self.throughput_ratio("Courier / its transport alone", "courier", "alone");
+        self.p99_ratio(&format!("Courier / raw p99 at {rate} msg/s (target <= 1.5)"), "courier-rate", "raw-rate");
+    }
+}
+
+/// Runs the two Courier scenarios of an engine bench that the plan asks for, under a [`CpuMeter`]: `courier`
+/// ([`bus_throughput`], named `scenario`) and `alone` ([`transport_throughput`], named `alone`), each with
+/// `publishers` in flight and `payload_size`-byte bodies; adds their rows to `table`.
+#[allow(clippy::too_many_arguments)]
+pub async fn courier_scenarios(
+    plan: &Plan,
+    table: &mut Table,
+    server: Option<&str>,
+    engine: &Engine,
+    (scenario, alone): (&str, &str),
+    publishers: usize,
+    payload_size: usize,
+) {
+    let messages = plan.messages;
+    if plan.runs("courier") {
+        let run = bus_throughput(scenario, engine, messages, publishers, payload_size, |_| {});
+        table.add("courier", CpuMeter::measure(server, async { run.await.expect("Courier throughput") }).await);
+    }
+    if plan.runs("alone") {
+        let run = transport_throughput(alone, engine, messages, publishers, payload_size);
+        table.add("alone", CpuMeter::measure(server, async { run.await.expect("transport throughput") }).await);
+    }
+}
+
 fn print_ratios(label: &str, ratios: &[f64]) -> Option<f64> {
     let median = median(ratios)?;
     let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();

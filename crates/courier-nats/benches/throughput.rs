@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
 use courier_bench::{
-    BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, bus_throughput, payload, transport_throughput,
+    BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, bus_throughput, courier_scenarios, payload,
 };
 
 const SERVER: Option<&str> = Some("nats-server");
@@ -203,16 +203,8 @@ fn main() {
                 let run = raw(scenario, client.clone(), &name, messages, None, Work::Contract);
                 table.add("contract", CpuMeter::measure(SERVER, run).await);
             }
-            if plan.runs("courier") {
-                let run =
-                    bus_throughput("Courier on NATS, 256 in flight", &engine, messages, IN_FLIGHT, PAYLOAD, |_| {});
-                table.add("courier", CpuMeter::measure(SERVER, async { run.await.expect("Courier throughput") }).await);
-            }
-            if plan.runs("alone") {
-                let scenario = "Courier's NATS transport alone, no bus";
-                let run = transport_throughput(scenario, &engine, messages, IN_FLIGHT, PAYLOAD);
-                table.add("alone", CpuMeter::measure(SERVER, async { run.await.expect("transport throughput") }).await);
-            }
+            let names = ("Courier on NATS, 256 in flight", "Courier's NATS transport alone, no bus");
+            courier_scenarios(&plan, &mut table, SERVER, &engine, names, IN_FLIGHT, PAYLOAD).await;
         }
         if plan.runs("rate") {
             let rate_messages = (RATE as f64 * RATE_SECONDS) as u64;
@@ -228,10 +220,7 @@ fn main() {
         println!();
         table.print();
         println!();
-        table.throughput_ratio("Courier / raw throughput (target >= 0.90)", "courier", "raw");
-        table.throughput_ratio("Courier / raw doing the contract's work", "courier", "contract");
-        table.throughput_ratio("Courier / its transport alone", "courier", "alone");
-        table.p99_ratio(&format!("Courier / raw p99 at {RATE} msg/s (target <= 1.5)"), "courier-rate", "raw-rate");
+        table.print_engine_ratios(RATE);
         if let Err(e) = transport.delete_namespace().await {
             eprintln!("could not delete the bench namespace '{namespace}': {e}");
         }

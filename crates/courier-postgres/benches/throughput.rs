@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use courier_bench::{
-    BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, bus_throughput, payload, transport_throughput,
+    BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, bus_throughput, courier_scenarios, payload,
 };
 
 const SERVER: Option<&str> = Some("postgres");
@@ -321,15 +321,8 @@ fn main() {
                     CpuMeter::measure(SERVER, raw_throughput(&raw_pool, &schema, messages, Work::Plain)).await,
                 );
             }
-            if plan.runs("courier") {
-                let run = bus_throughput("courier postgres (256 in flight)", &engine, messages, 256, PAYLOAD, |_| {});
-                table.add("courier", CpuMeter::measure(SERVER, async { run.await.expect("courier throughput") }).await);
-            }
-            if plan.runs("alone") {
-                let run =
-                    transport_throughput("courier's postgres transport alone, no bus", &engine, messages, 256, PAYLOAD);
-                table.add("alone", CpuMeter::measure(SERVER, async { run.await.expect("transport throughput") }).await);
-            }
+            let names = ("courier postgres (256 in flight)", "courier's postgres transport alone, no bus");
+            courier_scenarios(&plan, &mut table, SERVER, &engine, names, 256, PAYLOAD).await;
             // Last in a round: its updates leave dead rows behind that would slow the runs after it.
             if plan.runs("contract") {
                 let run = raw_throughput(&raw_pool, &schema, messages, Work::Contract);
@@ -345,10 +338,7 @@ fn main() {
         println!();
         table.print();
         println!();
-        table.throughput_ratio("Courier / raw sqlx throughput (target >= 0.90)", "courier", "raw");
-        table.throughput_ratio("Courier / raw sqlx doing the contract's work", "courier", "contract");
-        table.throughput_ratio("Courier / its transport alone", "courier", "alone");
-        table.p99_ratio("Courier / raw sqlx p99 at 5,000 msg/s (target <= 1.5)", "courier-rate", "raw-rate");
+        table.print_engine_ratios(5_000);
         transport.drop_schema().await.expect("drop the bench schema");
     });
 }

@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use courier_bench::{
-    BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, bus_throughput, transport_throughput,
-};
+use courier_bench::{BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, courier_scenarios};
 
 const SERVER: Option<&str> = Some("beam.smp");
 use courier_rabbitmq::{RabbitMqOptions, RabbitMqTransport};
@@ -210,20 +208,8 @@ fn main() {
                     CpuMeter::measure(SERVER, raw(&raw_url, scenario, messages, None, Work::Contract)).await,
                 );
             }
-            if plan.runs("courier") {
-                let run = bus_throughput("Courier bus, 256 publishers", &engine, messages, IN_FLIGHT, PAYLOAD, |_| {});
-                table.add("courier", CpuMeter::measure(SERVER, async { run.await.expect("Courier throughput") }).await);
-            }
-            if plan.runs("alone") {
-                let run = transport_throughput(
-                    "Courier's RabbitMQ transport alone, no bus",
-                    &engine,
-                    messages,
-                    IN_FLIGHT,
-                    PAYLOAD,
-                );
-                table.add("alone", CpuMeter::measure(SERVER, async { run.await.expect("transport throughput") }).await);
-            }
+            let names = ("Courier bus, 256 publishers", "Courier's RabbitMQ transport alone, no bus");
+            courier_scenarios(&plan, &mut table, SERVER, &engine, names, IN_FLIGHT, PAYLOAD).await;
         }
         if plan.runs("rate") {
             let rate_messages = (RATE as f64 * RATE_SECONDS) as u64;
@@ -236,10 +222,7 @@ fn main() {
         println!("\nRabbitMQ, {PAYLOAD}-byte persistent messages, publisher confirms, manual acks\n");
         table.print();
         println!();
-        table.throughput_ratio("Courier / raw throughput (target >= 0.90)", "courier", "raw");
-        table.throughput_ratio("Courier / raw doing the contract's work", "courier", "contract");
-        table.throughput_ratio("Courier / its transport alone", "courier", "alone");
-        table.p99_ratio(&format!("Courier / raw p99 at {RATE} msg/s (target <= 1.5)"), "courier-rate", "raw-rate");
+        table.print_engine_ratios(RATE);
         transport.delete_namespace().await.expect("delete the bench namespace");
         transport.close().await;
     });

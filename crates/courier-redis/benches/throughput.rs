@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use courier_bench::{
-    BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, bus_throughput, payload, transport_throughput,
-};
+use courier_bench::{BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, courier_scenarios, payload};
 
 const SERVER: Option<&str> = Some("redis-server");
 use courier_redis::{RedisOptions, RedisTransport};
@@ -278,16 +276,9 @@ fn main() {
             if plan.runs("contract") {
                 table.add("contract", CpuMeter::measure(SERVER, raw_equal_work(&client, &key("eq"), messages)).await);
             }
-            if plan.runs("courier") {
-                let scenario = format!("Courier Redis transport, {IN_FLIGHT} publishes in flight");
-                let run = bus_throughput(&scenario, &engine, messages, IN_FLIGHT, PAYLOAD, |_| {});
-                table.add("courier", CpuMeter::measure(SERVER, async { run.await.expect("Courier throughput") }).await);
-            }
-            if plan.runs("alone") {
-                let scenario = "Courier's Redis transport alone, no bus";
-                let run = transport_throughput(scenario, &engine, messages, IN_FLIGHT, PAYLOAD);
-                table.add("alone", CpuMeter::measure(SERVER, async { run.await.expect("transport throughput") }).await);
-            }
+            let courier = format!("Courier Redis transport, {IN_FLIGHT} publishes in flight");
+            let names = (courier.as_str(), "Courier's Redis transport alone, no bus");
+            courier_scenarios(&plan, &mut table, SERVER, &engine, names, IN_FLIGHT, PAYLOAD).await;
         }
         if plan.runs("rate") {
             table.add("raw-rate", raw(&client, &format!("{prefix}:rate"), RATE * 5, Some(RATE)).await);
@@ -301,8 +292,5 @@ fn main() {
     println!("\n{messages} 256-byte messages, publish to handle\n");
     table.print();
     println!();
-    table.throughput_ratio("Courier / raw throughput (target >= 0.90)", "courier", "raw");
-    table.throughput_ratio("Courier / raw doing the contract's work", "courier", "contract");
-    table.throughput_ratio("Courier / its transport alone", "courier", "alone");
-    table.p99_ratio(&format!("Courier / raw p99 at {RATE} msg/s (target <= 1.5)"), "courier-rate", "raw-rate");
+    table.print_engine_ratios(RATE);
 }

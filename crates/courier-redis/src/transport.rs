@@ -325,6 +325,8 @@ const BINDINGS_MAX_AGE: Duration = Duration::from_secs(1);
 /// deleted by hand, or evicted) is declared again and written to, so no message is dropped for it.
 struct Bindings {
     keys: Keys,
+    /// `<prefix>:bindver`, read with every batch.
+    version_key: String,
     version: Option<String>,
     read_at: Option<Instant>,
     bound: HashMap<String, Arc<[Bound]>>,
@@ -347,7 +349,7 @@ struct Written {
 
 impl Bindings {
     fn new(keys: Keys) -> Self {
-        Self { keys, version: None, read_at: None, bound: HashMap::new() }
+        Self { version_key: keys.bindings_version(), keys, version: None, read_at: None, bound: HashMap::new() }
     }
 
     /// Forgets what was read and reads the bindings of `types` with their version, in one script.
@@ -405,7 +407,7 @@ impl Bindings {
                         .arg(publish.body.as_ref());
                 }
             }
-            pipe.cmd("GET").arg(self.keys.bindings_version());
+            pipe.cmd("GET").arg(&self.version_key);
             let mut replies = array(query(conn, &pipe, "publishing").await?);
             if replies.len() != targets.iter().map(|t| t.len()).sum::<usize>() + 1 {
                 return Err(Error::engine("publishing: Redis answered in an unexpected shape; retry the publish"));
