@@ -51,7 +51,9 @@
 //! - **Wake-ups.** Writes that make a message available notify the channel `<schema>_wake` (payload: the
 //!   queue), so idle consumers take it at once: retries, releases and replays in the same transaction; publishes
 //!   right after their commit, coalesced by one notifier task per transport (notifying inside every publish
-//!   transaction serialised their commits; see the `wake` module). While the LISTEN connection is down, consumers
+//!   transaction serialised their commits; see the `wake` module): consumers in the publishing process are woken
+//!   at once, other processes' consumers by a notification sent at once after a quiet spell and otherwise at most
+//!   every `notify_ms` (5 ms), so a busy publisher commits a notification per interval, not per batch. While the LISTEN connection is down, consumers
 //!   poll every `poll_ms`; with it up they still look every `recheck_ms` as a safety net (which is also how
 //!   another process's consumer finds a message whose publisher died between commit and notification).
 //! - **Connection loss.** The pool replaces broken connections; a publish whose connection broke fails with an
@@ -86,6 +88,7 @@
 //! | `recheck_ms` | 5000 | how often idle consumers look for messages while LISTEN is up |
 //! | `max_batch` | 512 | most publishes written by one statement |
 //! | `writers` | 4 | publish statements running at once |
+//! | `notify_ms` | 5 | least time between two notifications of publishes to other processes (see Wake-ups) |
 //! | `acquire_timeout_ms` | 10000 | how long to wait for a pooled connection |
 //! | `application_name` | `courier` | shown in `pg_stat_activity` |
 //!

@@ -24,6 +24,15 @@ pub struct PostgresOptions {
     pub max_batch: usize,
     /// How many publish batches may be written at once. Default 4.
     pub writers: usize,
+    /// The least time between two statements that notify other processes of published messages. Default 5 ms.
+    ///
+    /// Consumers in the publishing process are woken at once, whatever this says. Other processes' idle consumers
+    /// are woken by a `NOTIFY`: the first publish after a quiet spell notifies at once, and publishes within this
+    /// interval of a notification are announced together at its end. Under load that is one notifying commit per
+    /// interval instead of one per publish batch (the bench measured 2.4 notifying commits per 100 messages
+    /// without it, about as many as the publishes themselves); an idle consumer elsewhere waits at most this much
+    /// longer. Zero notifies after every batch that commits while no notification is being sent.
+    pub notify_interval: Duration,
     /// The `application_name` of every connection, as `pg_stat_activity` shows it. Default `courier`.
     pub application_name: String,
     /// How long to wait for a connection from the pool before failing. Default 10 s.
@@ -39,6 +48,7 @@ impl Default for PostgresOptions {
             recheck_interval: Duration::from_secs(5),
             max_batch: 512,
             writers: 4,
+            notify_interval: Duration::from_millis(5),
             application_name: "courier".to_owned(),
             acquire_timeout: Duration::from_secs(10),
         }
@@ -95,7 +105,7 @@ impl PostgresOptions {
 }
 
 /// Splits a `postgres://` URL into the connection settings sqlx understands and Courier's own settings
-/// (`schema`, `max_connections`, `poll_ms`, `recheck_ms`, `max_batch`, `writers`, `acquire_timeout_ms`;
+/// (`schema`, `max_connections`, `poll_ms`, `recheck_ms`, `max_batch`, `writers`, `notify_ms`, `acquire_timeout_ms`;
 /// `application_name` goes to both), applied over `options`.
 pub(crate) fn parse_url(url: &str, mut options: PostgresOptions) -> Result<(PgConnectOptions, PostgresOptions)> {
     let bad = |why: &str| {
@@ -125,6 +135,7 @@ pub(crate) fn parse_url(url: &str, mut options: PostgresOptions) -> Result<(PgCo
             "recheck_ms" => options.recheck_interval = Duration::from_millis(number()?.max(1)),
             "max_batch" => options.max_batch = number()?.clamp(1, 10_000) as usize,
             "writers" => options.writers = number()?.clamp(1, 64) as usize,
+            "notify_ms" => options.notify_interval = Duration::from_millis(number()?.min(60_000)),
             "acquire_timeout_ms" => options.acquire_timeout = Duration::from_millis(number()?.max(1)),
             "application_name" => {
                 options.application_name = value.to_owned();
@@ -167,18 +178,20 @@ mod tests {
     #[test]
     fn parses_courier_settings_and_passes_the_rest() {
         let (c, o) = parse_url(
-            "postgres://u:p@db.example:6543/app?schema=Shop_1&poll_ms=20&sslmode=disable",
+            "postgres://u:p@db.example:6543/app?schema=Shop_1&poll_ms=20&notify_ms=0&sslmode=disable",
             PostgresOptions::default(),
         )
         .unwrap();
         assert_eq!(o.schema, "Shop_1");
         assert_eq!(o.validate().unwrap(), "shop_1");
         assert_eq!(o.poll_interval, Duration::from_millis(20));
+        assert_eq!(o.notify_interval, Duration::ZERO);
         assert_eq!(c.get_host(), "db.example");
         assert_eq!(c.get_port(), 6543);
         assert_eq!(c.get_database(), Some("app"));
         let (_, o) = parse_url("postgresql://localhost/test", PostgresOptions::default()).unwrap();
         assert_eq!(o.schema, "courier");
+        assert_eq!(o.notify_interval, Duration::from_millis(5));
     }
 
     #[test]

@@ -133,7 +133,7 @@ impl PostgresTransport {
         tokio::spawn(writer::run(context, writer_rx));
         let (settle_tx, settle_rx) = mpsc::channel(options.max_batch * 4);
         tokio::spawn(settle::run(reuse.clone(), sql.clone(), options.max_batch.max(256), settle_rx));
-        let notifier = tokio::spawn(wake::notify(reuse.clone(), sql.clone(), wakers.clone()));
+        let notifier = tokio::spawn(wake::notify(reuse.clone(), sql.clone(), wakers.clone(), options.notify_interval));
         let listener =
             tokio::spawn(wake::listen(pool.clone(), sql.channel.clone(), wakers.clone(), options.poll_interval));
         Ok(Self {

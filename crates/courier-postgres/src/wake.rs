@@ -6,6 +6,9 @@
 //! batches at one commit at a time. Instead, after a publish batch commits, its queues are *announced*: waiters in
 //! this process are woken at once, and one notifier task per transport sends the notifications for every queue
 //! announced since its last statement (so notifications are coalesced, and at most one notifying commit runs).
+//! Notifying statements start at least `notify_interval` apart: the first after a quiet spell goes at once, the
+//! queues announced within the interval go together at its end. Without the spacing, a busy publisher ran about
+//! one notifying commit per publish batch, each as costly on the server as the batch's own insert.
 //! A process that dies between the commit and the notification leaves other processes' consumers to find the
 //! message at their next recheck. While that connection is down, consumers poll at the
 //! poll interval, and every consumer is woken when it comes back (notifications sent meanwhile are lost).
@@ -104,11 +107,12 @@ pub(crate) async fn listen(pool: PgPool, channel: String, wakers: Arc<Wakers>, r
     }
 }
 
-/// Sends one notification per announced queue, coalescing announcements made while a statement runs. Runs until
-/// aborted.
-pub(crate) async fn notify(reuse: Arc<crate::reuse::Reuse>, sql: Arc<Sql>, wakers: Arc<Wakers>) {
+/// Sends one notification per announced queue, coalescing announcements made while a statement runs and for
+/// `interval` after it started. Runs until aborted.
+pub(crate) async fn notify(reuse: Arc<crate::reuse::Reuse>, sql: Arc<Sql>, wakers: Arc<Wakers>, interval: Duration) {
     loop {
         wakers.announced.notified().await;
+        let started = tokio::time::Instant::now();
         let queues: Vec<String> =
             std::mem::take(&mut *wakers.pending.lock().unwrap_or_else(|p| p.into_inner())).into_iter().collect();
         if queues.is_empty() {
@@ -119,6 +123,8 @@ pub(crate) async fn notify(reuse: Arc<crate::reuse::Reuse>, sql: Arc<Sql>, waker
         if let Err(e) = sent {
             tracing::debug!(error = %e, "could not notify other processes; their consumers will find the messages");
         }
+        // Announcements made meanwhile stay pending (and `announced` keeps its permit) until the next round.
+        tokio::time::sleep_until(started + interval).await;
     }
 }
 

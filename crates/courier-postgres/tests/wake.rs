@@ -1,0 +1,105 @@
+//! Waking consumers in other processes: a publish is announced by `NOTIFY` at once after a quiet spell, and the
+//! publishes that follow within `notify_interval` are announced together at its end, so a busy publisher sends one
+//! notification per interval instead of one per batch, and no message is left unannounced.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use courier_core::{Envelope, Json, Message, SubscriptionOptions, Transport};
+use courier_postgres::sqlx::postgres::PgListener;
+use courier_postgres::{PostgresOptions, PostgresTransport};
+use courier_testkit::services::POSTGRES;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Note {
+    n: u32,
+}
+
+impl Message for Note {
+    const NAME: &'static str = "courier.postgres.test.wake.v1";
+    type Codec = Json;
+}
+
+async fn connect(schema: &str, options: PostgresOptions) -> PostgresTransport {
+    let options = options.schema(schema).application_name("courier_wake").max_connections(4);
+    PostgresTransport::connect(&POSTGRES.url(), options).await.expect("connect to PostgreSQL")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_process_is_woken_at_once_then_once_per_interval() {
+    if !POSTGRES.require() {
+        return;
+    }
+    const INTERVAL: Duration = Duration::from_secs(3);
+    const BURST: u32 = 40;
+    let schema = common::unique("courier_wake");
+    let _guard = common::SchemaGuard(schema.clone());
+    // Two transports stand for two processes: the consumer's only way to learn of a message in time is a
+    // notification (its safety-net recheck is a minute away).
+    let publisher = connect(&schema, PostgresOptions { notify_interval: INTERVAL, ..PostgresOptions::default() }).await;
+    let consumer =
+        connect(&schema, PostgresOptions { recheck_interval: Duration::from_secs(60), ..PostgresOptions::default() })
+            .await;
+    let queue = "wake";
+    let mut subscription = consumer.subscribe(queue, SubscriptionOptions::default()).await.unwrap();
+
+    let mut listener = PgListener::connect(&POSTGRES.url()).await.unwrap();
+    listener.listen(&format!("{schema}_wake")).await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let counting = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            while let Ok(n) = listener.recv().await {
+                seen.lock().unwrap().push((Instant::now(), n.payload().to_owned()));
+            }
+        }
+    });
+
+    let (received_tx, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let consuming = tokio::spawn(async move {
+        loop {
+            for delivery in subscription.next_batch(100).await.unwrap() {
+                delivery.ack().await.unwrap();
+                let _ = received_tx.send(Instant::now());
+            }
+        }
+    });
+    // Let the consumer find the queue empty and wait.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let start = Instant::now();
+    let send = |n| publisher.send(queue, Envelope::for_message("test", &Note { n }).unwrap().into_raw(), None);
+    send(0).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(2), received.recv()).await;
+    assert!(first.is_ok(), "the first publish after a quiet spell must wake the other process at once");
+
+    for n in 1..=BURST {
+        send(n).await.unwrap();
+    }
+    for n in 1..=BURST {
+        let got = tokio::time::timeout(INTERVAL + Duration::from_secs(5), received.recv()).await;
+        assert!(got.is_ok(), "message {n} of the burst never woke the other process: its notification was lost");
+    }
+    let elapsed = start.elapsed();
+    consuming.abort();
+    // Anything still to come would be a notification too many.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    counting.abort();
+
+    let notifications = seen.lock().unwrap().clone();
+    assert!(notifications.iter().all(|(_, queue)| queue == "wake"), "{notifications:?}");
+    let allowed = 2 + (elapsed.as_secs_f64() / INTERVAL.as_secs_f64()).ceil() as usize;
+    assert!(
+        (2..=allowed).contains(&notifications.len()),
+        "{} publishes in {elapsed:?} sent {} notifications; with a {INTERVAL:?} interval expected 2..={allowed}",
+        BURST + 1,
+        notifications.len()
+    );
+    for pair in notifications.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(gap >= INTERVAL - Duration::from_millis(200), "notifications only {gap:?} apart");
+    }
+}
