@@ -100,7 +100,9 @@ impl Figures {
 /// keys in its docs). `COURIER_BENCH_ROUNDS=3` runs the throughput scenarios three times, interleaved (raw,
 /// contract's work, Courier, transport alone, then again), so that each ratio is taken within a round and the
 /// machine's drift between rounds shows instead of hiding in one figure; [`Table`] reports each round and the
-/// median.
+/// median. Each round starts one scenario later ([`order`](Self::order)), so that no scenario always runs right
+/// after the same other one: on PostgreSQL the scenario after Courier's met its autovacuum, and a checkpoint lands
+/// wherever the WAL fills up.
 #[derive(Debug, Clone)]
 pub struct Plan {
     only: Vec<String>,
@@ -127,7 +129,28 @@ impl Plan {
     pub fn runs(&self, key: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|k| k == key)
     }
+
+    /// The throughput scenarios of round `round` (from 0) that run, in the order they run: [`THROUGHPUT_KEYS`]
+    /// turned by one place each round.
+    ///
+    /// ```
+    /// let plan = courier_bench::Plan::from_env();
+    /// # if std::env::var("COURIER_BENCH_ONLY").is_err() {
+    /// assert_eq!(plan.order(0), ["raw", "contract", "courier", "alone"]);
+    /// assert_eq!(plan.order(1), ["contract", "courier", "alone", "raw"]);
+    /// # }
+    /// ```
+    pub fn order(&self, round: usize) -> Vec<&'static str> {
+        let mut keys = THROUGHPUT_KEYS.to_vec();
+        keys.rotate_left(round % THROUGHPUT_KEYS.len());
+        keys.retain(|k| self.runs(k));
+        keys
+    }
 }
+
+/// The keys of the throughput scenarios every engine bench runs: the plain raw client, the raw client doing the
+/// contract's work, Courier, and Courier's transport alone.
+pub const THROUGHPUT_KEYS: [&str; 4] = ["raw", "contract", "courier", "alone"];
 
 /// The rows of an engine bench, each under a scenario key, in the order they ran (several per key when the bench
 /// ran several rounds); prints them and the ratios between keys, round by round.
@@ -209,27 +232,30 @@ impl Table {
     }
 }
 
-/// Runs the two Courier scenarios of an engine bench that the plan asks for, under a [`CpuMeter`]: `courier`
-/// ([`bus_throughput`], named `scenario`) and `alone` ([`transport_throughput`], named `alone`), each with
-/// `publishers` in flight and `payload_size`-byte bodies; adds their rows to `table`.
+/// Runs one Courier scenario of an engine bench under a [`CpuMeter`] and adds its row to `table`: `courier`
+/// ([`bus_throughput`], named `scenario`) or `alone` ([`transport_throughput`], named `alone`), with `messages`,
+/// `publishers` in flight and `payload_size`-byte bodies. Any other key is a mistake in the bench and panics.
 #[allow(clippy::too_many_arguments)]
-pub async fn courier_scenarios(
-    plan: &Plan,
+pub async fn courier_scenario(
+    key: &str,
     table: &mut Table,
     server: Option<&str>,
     engine: &Engine,
     (scenario, alone): (&str, &str),
+    messages: u64,
     publishers: usize,
     payload_size: usize,
 ) {
-    let messages = plan.messages;
-    if plan.runs("courier") {
-        let run = bus_throughput(scenario, engine, messages, publishers, payload_size, |_| {});
-        table.add("courier", CpuMeter::measure(server, async { run.await.expect("Courier throughput") }).await);
-    }
-    if plan.runs("alone") {
-        let run = transport_throughput(alone, engine, messages, publishers, payload_size);
-        table.add("alone", CpuMeter::measure(server, async { run.await.expect("transport throughput") }).await);
+    match key {
+        "courier" => {
+            let run = bus_throughput(scenario, engine, messages, publishers, payload_size, |_| {});
+            table.add("courier", CpuMeter::measure(server, async { run.await.expect("Courier throughput") }).await);
+        }
+        "alone" => {
+            let run = transport_throughput(alone, engine, messages, publishers, payload_size);
+            table.add("alone", CpuMeter::measure(server, async { run.await.expect("transport throughput") }).await);
+        }
+        other => panic!("no Courier scenario '{other}': the keys are 'courier' and 'alone'"),
     }
 }
 
@@ -706,6 +732,19 @@ mod tests {
         assert_eq!(median(&[]), None);
         assert_eq!(median(&[0.9, 0.7, 0.8]), Some(0.8));
         assert_eq!(median(&[0.9, 0.7, 0.8, 0.6]), Some(0.75));
+    }
+
+    #[test]
+    fn each_round_starts_one_scenario_later_and_keeps_only_those_asked_for() {
+        let all = Plan { only: Vec::new(), rounds: 5, messages: 1 };
+        let orders: Vec<Vec<&str>> = (0..5).map(|r| all.order(r)).collect();
+        assert_eq!(orders[0], ["raw", "contract", "courier", "alone"]);
+        assert_eq!(orders[1], ["contract", "courier", "alone", "raw"]);
+        assert_eq!(orders[3], ["alone", "raw", "contract", "courier"]);
+        assert_eq!(orders[4], orders[0]);
+        let some = Plan { only: vec!["courier".into(), "contract".into()], rounds: 2, messages: 1 };
+        assert_eq!(some.order(0), ["contract", "courier"]);
+        assert_eq!(some.order(2), ["courier", "contract"]);
     }
 
     #[test]

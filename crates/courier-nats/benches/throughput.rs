@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
 use courier_bench::{
-    BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, bus_throughput, courier_scenarios, payload,
+    BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, bus_throughput, courier_scenario, payload,
 };
 
 const SERVER: Option<&str> = Some("nats-server");
@@ -190,21 +190,28 @@ fn main() {
         let _ = bus_throughput("warm-up", &engine, 10_000, IN_FLIGHT, PAYLOAD, |_| {}).await;
 
         let mut table = Table::new();
+        let names = ("Courier on NATS, 256 in flight", "Courier's NATS transport alone, no bus");
         for round in 0..plan.rounds {
             let stream = |name: &str| format!("courier_bench_{name}{round}_{id}");
-            if plan.runs("raw") {
-                let name = stream("raw");
-                let run = raw("raw async-nats, 256 in flight", client.clone(), &name, messages, None, Work::Plain);
-                table.add("raw", CpuMeter::measure(SERVER, run).await);
+            for key in plan.order(round) {
+                match key {
+                    "raw" => {
+                        let name = stream("raw");
+                        let run =
+                            raw("raw async-nats, 256 in flight", client.clone(), &name, messages, None, Work::Plain);
+                        table.add("raw", CpuMeter::measure(SERVER, run).await);
+                    }
+                    "contract" => {
+                        let scenario = "raw async-nats, 256 in flight, the contract's work (metadata headers, JSON)";
+                        let name = stream("rawc");
+                        let run = raw(scenario, client.clone(), &name, messages, None, Work::Contract);
+                        table.add("contract", CpuMeter::measure(SERVER, run).await);
+                    }
+                    key => {
+                        courier_scenario(key, &mut table, SERVER, &engine, names, messages, IN_FLIGHT, PAYLOAD).await
+                    }
+                }
             }
-            if plan.runs("contract") {
-                let scenario = "raw async-nats, 256 in flight, the contract's work (metadata headers, JSON)";
-                let name = stream("rawc");
-                let run = raw(scenario, client.clone(), &name, messages, None, Work::Contract);
-                table.add("contract", CpuMeter::measure(SERVER, run).await);
-            }
-            let names = ("Courier on NATS, 256 in flight", "Courier's NATS transport alone, no bus");
-            courier_scenarios(&plan, &mut table, SERVER, &engine, names, IN_FLIGHT, PAYLOAD).await;
         }
         if plan.runs("rate") {
             let rate_messages = (RATE as f64 * RATE_SECONDS) as u64;

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use courier_bench::{
-    BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, bus_throughput, courier_scenarios, payload,
+    BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, bus_throughput, courier_scenario, payload,
 };
 
 const SERVER: Option<&str> = Some("postgres");
@@ -314,19 +314,20 @@ fn main() {
         let _ = raw_throughput(&raw_pool, &schema, 5_000, Work::Plain).await;
 
         let mut table = Table::new();
-        for _ in 0..plan.rounds {
-            if plan.runs("raw") {
-                table.add(
-                    "raw",
-                    CpuMeter::measure(SERVER, raw_throughput(&raw_pool, &schema, messages, Work::Plain)).await,
-                );
-            }
-            let names = ("courier postgres (256 in flight)", "courier's postgres transport alone, no bus");
-            courier_scenarios(&plan, &mut table, SERVER, &engine, names, 256, PAYLOAD).await;
-            // Last in a round: its updates leave dead rows behind that would slow the runs after it.
-            if plan.runs("contract") {
-                let run = raw_throughput(&raw_pool, &schema, messages, Work::Contract);
-                table.add("contract", CpuMeter::measure(SERVER, run).await);
+        let names = ("courier postgres (256 in flight)", "courier's postgres transport alone, no bus");
+        for round in 0..plan.rounds {
+            for key in plan.order(round) {
+                match key {
+                    "raw" => {
+                        let run = raw_throughput(&raw_pool, &schema, messages, Work::Plain);
+                        table.add("raw", CpuMeter::measure(SERVER, run).await);
+                    }
+                    "contract" => {
+                        let run = raw_throughput(&raw_pool, &schema, messages, Work::Contract);
+                        table.add("contract", CpuMeter::measure(SERVER, run).await);
+                    }
+                    key => courier_scenario(key, &mut table, SERVER, &engine, names, messages, 256, PAYLOAD).await,
+                }
             }
         }
         if plan.runs("rate") {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use courier_bench::{BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, courier_scenarios};
+use courier_bench::{BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, courier_scenario};
 
 const SERVER: Option<&str> = Some("beam.smp");
 use courier_rabbitmq::{RabbitMqOptions, RabbitMqTransport};
@@ -196,20 +196,24 @@ fn main() {
         let raw_url = transport.options().url.clone();
 
         let mut table = Table::new();
-        for _ in 0..plan.rounds {
-            if plan.runs("raw") {
-                let run = raw(&raw_url, "raw lapin, 256 in flight (baseline)", messages, None, Work::Plain);
-                table.add("raw", CpuMeter::measure(SERVER, run).await);
+        let names = ("Courier bus, 256 publishers", "Courier's RabbitMQ transport alone, no bus");
+        for round in 0..plan.rounds {
+            for key in plan.order(round) {
+                match key {
+                    "raw" => {
+                        let run = raw(&raw_url, "raw lapin, 256 in flight (baseline)", messages, None, Work::Plain);
+                        table.add("raw", CpuMeter::measure(SERVER, run).await);
+                    }
+                    "contract" => {
+                        let scenario = "raw lapin, 256 in flight, the contract's work (metadata, JSON)";
+                        let run = raw(&raw_url, scenario, messages, None, Work::Contract);
+                        table.add("contract", CpuMeter::measure(SERVER, run).await);
+                    }
+                    key => {
+                        courier_scenario(key, &mut table, SERVER, &engine, names, messages, IN_FLIGHT, PAYLOAD).await
+                    }
+                }
             }
-            if plan.runs("contract") {
-                let scenario = "raw lapin, 256 in flight, the contract's work (metadata, JSON)";
-                table.add(
-                    "contract",
-                    CpuMeter::measure(SERVER, raw(&raw_url, scenario, messages, None, Work::Contract)).await,
-                );
-            }
-            let names = ("Courier bus, 256 publishers", "Courier's RabbitMQ transport alone, no bus");
-            courier_scenarios(&plan, &mut table, SERVER, &engine, names, IN_FLIGHT, PAYLOAD).await;
         }
         if plan.runs("rate") {
             let rate_messages = (RATE as f64 * RATE_SECONDS) as u64;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use courier_bench::{BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, courier_scenarios, payload};
+use courier_bench::{BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, courier_scenario, payload};
 
 const SERVER: Option<&str> = Some("redis-server");
 use courier_redis::{RedisOptions, RedisTransport};
@@ -268,17 +268,25 @@ fn main() {
             .expect("connect");
         let engine = transport.into_engine();
         let mut table = Table::new();
+        let courier = format!("Courier Redis transport, {IN_FLIGHT} publishes in flight");
+        let names = (courier.as_str(), "Courier's Redis transport alone, no bus");
         for round in 0..plan.rounds {
             let key = |name: &str| format!("{prefix}:{name}{round}");
-            if plan.runs("raw") {
-                table.add("raw", CpuMeter::measure(SERVER, raw(&client, &key("raw"), messages, None)).await);
+            for scenario in plan.order(round) {
+                match scenario {
+                    "raw" => {
+                        table.add("raw", CpuMeter::measure(SERVER, raw(&client, &key("raw"), messages, None)).await);
+                    }
+                    "contract" => {
+                        let stream = key("eq");
+                        let run = raw_equal_work(&client, &stream, messages);
+                        table.add("contract", CpuMeter::measure(SERVER, run).await);
+                    }
+                    other => {
+                        courier_scenario(other, &mut table, SERVER, &engine, names, messages, IN_FLIGHT, PAYLOAD).await
+                    }
+                }
             }
-            if plan.runs("contract") {
-                table.add("contract", CpuMeter::measure(SERVER, raw_equal_work(&client, &key("eq"), messages)).await);
-            }
-            let courier = format!("Courier Redis transport, {IN_FLIGHT} publishes in flight");
-            let names = (courier.as_str(), "Courier's Redis transport alone, no bus");
-            courier_scenarios(&plan, &mut table, SERVER, &engine, names, IN_FLIGHT, PAYLOAD).await;
         }
         if plan.runs("rate") {
             table.add("raw-rate", raw(&client, &format!("{prefix}:rate"), RATE * 5, Some(RATE)).await);
