@@ -148,6 +148,20 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// The latency scenarios at a fixed rate for round `round` (from 0), in the order they run: the raw client's
+    /// (`raw-rate`) and Courier's (`courier-rate`), the other way round every second round; none unless the plan
+    /// runs `rate`. Each round's p99 ratio is reported and their median, as for throughput: one p99 of a few
+    /// seconds moves by a third with a single stall of the machine.
+    pub fn rate_order(&self, round: usize) -> Vec<&'static str> {
+        match (self.runs("rate"), round % 2) {
+            (false, _) => Vec::new(),
+            (true, 0) => vec!["raw-rate", "courier-rate"],
+            (true, _) => vec!["courier-rate", "raw-rate"],
+        }
+    }
+}
+
 /// The keys of the throughput scenarios every engine bench runs: the plain raw client, the raw client doing the
 /// contract's work, Courier, and Courier's transport alone.
 pub const THROUGHPUT_KEYS: [&str; 4] = ["raw", "contract", "courier", "alone"];
@@ -745,6 +759,9 @@ mod tests {
         let some = Plan { only: vec!["courier".into(), "contract".into()], rounds: 2, messages: 1 };
         assert_eq!(some.order(0), ["contract", "courier"]);
         assert_eq!(some.order(2), ["courier", "contract"]);
+        assert!(some.rate_order(0).is_empty());
+        assert_eq!(all.rate_order(0), ["raw-rate", "courier-rate"]);
+        assert_eq!(all.rate_order(1), ["courier-rate", "raw-rate"]);
     }
 
     #[test]

@@ -213,15 +213,19 @@ fn main() {
                 }
             }
         }
-        if plan.runs("rate") {
-            let rate_messages = (RATE as f64 * RATE_SECONDS) as u64;
-            let scenario = format!("raw async-nats at {RATE} msg/s");
-            let name = format!("courier_bench_rawr_{id}");
-            let run = raw(&scenario, client.clone(), &name, rate_messages, Some(RATE), Work::Plain);
-            table.add("raw-rate", run.await);
-            let scenario = format!("Courier on NATS at {RATE} msg/s");
-            let run = bus_latency_at_rate(&scenario, &engine, RATE, RATE_SECONDS, PAYLOAD);
-            table.add("courier-rate", run.await.expect("Courier latency run"));
+        let rate_messages = (RATE as f64 * RATE_SECONDS) as u64;
+        for round in 0..plan.rounds {
+            for key in plan.rate_order(round) {
+                if key == "raw-rate" {
+                    let scenario = format!("raw async-nats at {RATE} msg/s");
+                    let name = format!("courier_bench_rawr{round}_{id}");
+                    table.add(key, raw(&scenario, client.clone(), &name, rate_messages, Some(RATE), Work::Plain).await);
+                } else {
+                    let scenario = format!("Courier on NATS at {RATE} msg/s");
+                    let run = bus_latency_at_rate(&scenario, &engine, RATE, RATE_SECONDS, PAYLOAD);
+                    table.add(key, run.await.expect("Courier latency run"));
+                }
+            }
         }
 
         println!();

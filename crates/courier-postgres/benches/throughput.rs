@@ -330,10 +330,15 @@ fn main() {
                 }
             }
         }
-        if plan.runs("rate") {
-            table.add("raw-rate", raw_at_rate(&raw_pool, &schema, 5_000, 5.0).await);
-            let run = bus_latency_at_rate("courier postgres @ 5000 msg/s", &engine, 5_000, 5.0, PAYLOAD);
-            table.add("courier-rate", run.await.expect("courier at rate"));
+        for round in 0..plan.rounds {
+            for key in plan.rate_order(round) {
+                if key == "raw-rate" {
+                    table.add(key, raw_at_rate(&raw_pool, &schema, 5_000, 5.0).await);
+                } else {
+                    let run = bus_latency_at_rate("courier postgres @ 5000 msg/s", &engine, 5_000, 5.0, PAYLOAD);
+                    table.add(key, run.await.expect("courier at rate"));
+                }
+            }
         }
 
         println!();

@@ -215,12 +215,17 @@ fn main() {
                 }
             }
         }
-        if plan.runs("rate") {
-            let rate_messages = (RATE as f64 * RATE_SECONDS) as u64;
-            let run = raw(&raw_url, "raw lapin at 5,000 msg/s (baseline)", rate_messages, Some(RATE), Work::Plain);
-            table.add("raw-rate", run.await);
-            let run = bus_latency_at_rate("Courier bus at 5,000 msg/s", &engine, RATE, RATE_SECONDS, PAYLOAD);
-            table.add("courier-rate", run.await.expect("Courier latency at rate"));
+        let rate_messages = (RATE as f64 * RATE_SECONDS) as u64;
+        for round in 0..plan.rounds {
+            for key in plan.rate_order(round) {
+                if key == "raw-rate" {
+                    let scenario = "raw lapin at 5,000 msg/s (baseline)";
+                    table.add(key, raw(&raw_url, scenario, rate_messages, Some(RATE), Work::Plain).await);
+                } else {
+                    let run = bus_latency_at_rate("Courier bus at 5,000 msg/s", &engine, RATE, RATE_SECONDS, PAYLOAD);
+                    table.add(key, run.await.expect("Courier latency at rate"));
+                }
+            }
         }
 
         println!("\nRabbitMQ, {PAYLOAD}-byte persistent messages, publisher confirms, manual acks\n");
