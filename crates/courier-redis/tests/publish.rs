@@ -172,3 +172,63 @@ async fn a_queue_unbound_and_declared_again_elsewhere_does_not_keep_a_publish() 
     a.transport.flush().await.unwrap();
     common::delete_keys(&shared_prefix);
 }
+
+/// Publishes from many tasks at once go in batches: each reaches the queue once, and publishes dropped half-way
+/// (their callers gave up) do not stop the publishes after them, alone or in batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_and_abandoned_publishes_each_arrive_once() {
+    if !REDIS.require() {
+        return;
+    }
+    const TASKS: u32 = 64;
+    const EACH: u32 = 40;
+    let (prefix, engine, _) = two_processes("concurrent").await;
+    let transport = engine.transport.clone();
+    transport.bind("lanes", Note::NAME).await.unwrap();
+
+    let publishers: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let transport = transport.clone();
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    transport.publish(note(t * EACH + i), None).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    // Abandoned publishes: each future is polled until it has sent or queued its message, then dropped.
+    for n in 0..20 {
+        let publish = transport.publish(note(TASKS * EACH + n), None);
+        let _ = tokio::time::timeout(std::time::Duration::from_micros(50), publish).await;
+    }
+    // Publishing still works, alone and in batches.
+    let last = TASKS * EACH + 1000;
+    let tail: Vec<_> = (0..8u32)
+        .map(|i| {
+            let transport = transport.clone();
+            tokio::spawn(async move { transport.publish(note(last + i), None).await })
+        })
+        .collect();
+    for t in tail {
+        tokio::time::timeout(std::time::Duration::from_secs(10), t)
+            .await
+            .expect("a publish after the abandoned ones never returned")
+            .unwrap()
+            .unwrap();
+    }
+
+    let expected = (TASKS * EACH) as usize;
+    let stored = ready(&engine, "lanes").await as usize;
+    assert!(stored >= expected + 8 && stored <= expected + 8 + 20, "{stored} messages stored");
+    let seen = take(&engine, "lanes", stored).await;
+    let mut unique = seen.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "a publish was stored twice");
+    for n in (0..TASKS * EACH).chain(last..last + 8) {
+        assert!(seen.binary_search(&n).is_ok(), "message {n} is missing");
+    }
+    common::delete_keys(&prefix);
+}
