@@ -73,7 +73,12 @@
 //! The transport's own connections run with `enable_seqscan` and `enable_bitmapscan` off: a queue table is often
 //! empty when autovacuum records its statistics, and a take prepared then would keep a plan that reads and sorts
 //! the whole queue once it fills again; every statement of the transport has an index to walk instead. A take
-//! updates the rows it leased by their address (`ctid`), so no index choice is left to such statistics there.
+//! updates the rows it leased by their address (`ctid`), so no index choice is left to such statistics there. The
+//! statements that read `messages` by queue or by sequence number (take, ack, release, lease renewal, retry,
+//! dead-lettering, the idle look) are not prepared but planned at each execution, with the table's size then:
+//! prepared while the table was empty, the settling statements kept plans that read the whole primary-key index
+//! for every batch, or the whole queue index to find one row (`tests/plans.rs`); planning each time measured no
+//! different in the bench.
 //!
 //! # URL and options
 //!

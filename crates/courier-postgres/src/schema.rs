@@ -63,6 +63,19 @@ pub(crate) fn query(stmt: &Stmt) -> Query<'static, Postgres, PgArguments> {
     sqlx::query(sqlx::AssertSqlSafe(stmt.clone()))
 }
 
+/// Starts a query from a statement of [`Sql`] that reads `messages` by queue or by sequence number (take, settle,
+/// renew, the idle look), to be planned at every execution, with its arguments and the table's size at that
+/// moment, rather than prepared once.
+///
+/// A queue table is often empty when a connection first runs a statement, or when (auto)vacuum has just recorded
+/// it as empty, and a plan cached then stays while the table fills: the settling statements kept plans that read
+/// the whole primary-key index for every batch, or walked the whole queue index to find one row by `seq`
+/// (`tests/plans.rs`). Planning each time costs about a tenth of a millisecond per statement, and these run once
+/// per batch of messages or for a failed handling.
+pub(crate) fn query_planned(stmt: &Stmt) -> Query<'static, Postgres, PgArguments> {
+    query(stmt).persistent(false)
+}
+
 /// The statements of one schema, built once per transport.
 #[derive(Debug)]
 pub(crate) struct Sql {
@@ -81,7 +94,8 @@ pub(crate) struct Sql {
     pub(crate) enqueue: Stmt,
     /// `$1` queue, `$2` limit, `$3` visibility ms, `$4` lease.
     pub(crate) take: Stmt,
-    /// `$1` queue: milliseconds until the next message becomes visible (negative if one is visible now).
+    /// `$1` queue: milliseconds until the next message becomes visible (negative if one is visible now); no row if
+    /// the queue is empty.
     pub(crate) next_visible: Stmt,
     /// `$1` seqs, `$2` leases.
     pub(crate) ack: Stmt,
@@ -142,7 +156,9 @@ impl Sql {
                     SELECT ctid FROM {s}.messages WHERE queue = $1 AND visible_at <= {now}
                     ORDER BY visible_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED))
                 RETURNING seq, headers, body, deliveries"),
-            next_visible: s("SELECT MIN(visible_at) - {now} FROM {s}.messages WHERE queue = $1"),
+            // `ORDER BY ... LIMIT 1` walks the queue's index and stops at its first entry, whatever the statistics say
+            // (an aggregate was planned as a read of the whole queue).
+            next_visible: s("SELECT visible_at - {now} FROM {s}.messages WHERE queue = $1 ORDER BY visible_at LIMIT 1"),
             ack: s("DELETE FROM {s}.messages m USING unnest($1::bigint[], $2::bigint[]) AS t (seq, lease)
                 WHERE m.seq = t.seq AND m.lease = t.lease"),
             release: s("WITH released AS (

@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 
 use crate::error::{db_error, retry_once};
 use crate::reuse::{Reuse, reusing};
-use crate::schema::{Sql, query};
+use crate::schema::{Sql, query_planned};
 
 /// Leases held by one subscription and still being handled: seq -> lease token. Renewed while present.
 pub(crate) type Held = Arc<Mutex<HashMap<i64, i64>>>;
@@ -82,11 +82,11 @@ async fn settle(reuse: &Reuse, sql: &Sql, ops: Vec<Settle>) {
         }
     }
     if !acks.seqs.is_empty() {
-        let r = reusing!(reuse, |conn| query(&sql.ack).bind(&acks.seqs).bind(&acks.leases).execute(conn));
+        let r = reusing!(reuse, |conn| query_planned(&sql.ack).bind(&acks.seqs).bind(&acks.leases).execute(conn));
         acks.answer(r.map(drop).map_err(|e| db_error("cannot ack", e)));
     }
     if !releases.seqs.is_empty() {
-        let r = reusing!(reuse, |conn| query(&sql.release)
+        let r = reusing!(reuse, |conn| query_planned(&sql.release)
             .bind(&releases.seqs)
             .bind(&releases.leases)
             .bind(&sql.channel)
@@ -179,7 +179,7 @@ impl Acker for PostgresAcker {
         let headers = annotations_json(&annotations)?;
         let (sql, pool) = (&self.sql, &self.pool);
         retry_once(|| {
-            query(&sql.retry)
+            query_planned(&sql.retry)
                 .bind(self.seq)
                 .bind(self.lease)
                 .bind(&headers)
@@ -203,7 +203,12 @@ impl Acker for PostgresAcker {
         let headers = annotations_json(&annotations)?;
         let (sql, pool) = (&self.sql, &self.pool);
         retry_once(|| {
-            query(&sql.dead_letter).bind(self.seq).bind(self.lease).bind(&fingerprint).bind(&headers).execute(pool)
+            query_planned(&sql.dead_letter)
+                .bind(self.seq)
+                .bind(self.lease)
+                .bind(&fingerprint)
+                .bind(&headers)
+                .execute(pool)
         })
         .await
         .map(drop)

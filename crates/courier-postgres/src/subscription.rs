@@ -12,7 +12,7 @@ use sqlx::{PgPool, Row};
 use tokio::sync::mpsc;
 
 use crate::error::{db_error, retry_once};
-use crate::schema::{Sql, query};
+use crate::schema::{Sql, query_planned};
 use crate::settle::{Held, PostgresAcker, Settle};
 use crate::wake::Wakers;
 
@@ -54,7 +54,7 @@ pub(crate) async fn renew_leases(pool: PgPool, sql: Arc<Sql>, held: Held, visibi
             continue;
         }
         let renewed =
-            retry_once(|| query(&sql.renew).bind(&seqs).bind(&leases).bind(visibility_ms).execute(&pool)).await;
+            retry_once(|| query_planned(&sql.renew).bind(&seqs).bind(&leases).bind(visibility_ms).execute(&pool)).await;
         if let Err(e) = renewed {
             tracing::warn!(error = %e, "could not extend leases; messages may be redelivered while still handled");
         }
@@ -80,7 +80,7 @@ impl PostgresSubscription {
     async fn take(&self, max: usize, lease: i64) -> Result<Vec<Delivery>> {
         let visibility_ms = self.visibility.as_millis() as i64;
         let limit = max.clamp(1, MAX_TAKE) as i64;
-        let rows = crate::reuse::reusing!(self.reuse, |conn| query(&self.sql.take)
+        let rows = crate::reuse::reusing!(self.reuse, |conn| query_planned(&self.sql.take)
             .bind(&self.queue)
             .bind(limit)
             .bind(visibility_ms)
@@ -118,11 +118,11 @@ impl PostgresSubscription {
     /// How long to wait before looking again when nothing was visible.
     async fn idle_wait(&self) -> Result<Duration> {
         let mut wait = if self.wakers.listening() { self.recheck_interval } else { self.poll_interval };
-        let next: Option<i64> = query(&self.sql.next_visible)
+        let next: Option<i64> = query_planned(&self.sql.next_visible)
             .bind(&self.queue)
-            .fetch_one(&self.pool)
+            .fetch_optional(&self.pool)
             .await
-            .and_then(|row| row.try_get(0))
+            .and_then(|row| row.map(|row| row.try_get(0)).transpose())
             .map_err(|e| db_error(&format!("cannot look into '{}'", self.queue), e))?;
         if let Some(ms) = next {
             // A message visible now but not taken is locked by another consumer's take: look again shortly.
