@@ -26,19 +26,16 @@ async fn send(transport: &courier_postgres::PostgresTransport, queue: &str, coun
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn takes_use_the_index_after_a_vacuum_of_an_empty_queue_table() {
-    if !POSTGRES.require() {
-        return;
-    }
+/// A transport on a fresh schema whose queue table had rows, all handled, and was then vacuumed: recorded as empty,
+/// as autovacuum leaves a drained queue.
+async fn drained_and_vacuumed() -> (String, courier_postgres::PostgresTransport) {
     let schema = common::unique("courier_plans");
     let transport = common::transport(&schema, "courier_plans").await;
-    // The table had rows, all handled: a vacuum now records it as empty, as autovacuum does to a drained queue.
-    send(&transport, "plans", 500).await;
+    send(&transport, "plans", 300).await;
     let mut subscription = transport.subscribe("plans", SubscriptionOptions::default()).await.unwrap();
     let mut handled = 0;
-    while handled < 500 {
-        for delivery in subscription.next_batch(500).await.unwrap() {
+    while handled < 300 {
+        for delivery in subscription.next_batch(300).await.unwrap() {
             delivery.ack().await.unwrap();
             handled += 1;
         }
@@ -46,6 +43,15 @@ async fn takes_use_the_index_after_a_vacuum_of_an_empty_queue_table() {
     drop(subscription);
     transport.flush().await.unwrap();
     common::execute(&format!("VACUUM \"{schema}\".messages")).await;
+    (schema, transport)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takes_use_the_index_after_a_vacuum_of_an_empty_queue_table() {
+    if !POSTGRES.require() {
+        return;
+    }
+    let (schema, transport) = drained_and_vacuumed().await;
     // A take prepared now, while the table is (recorded as) empty, as the transport's statements are after a
     // reconnect: its generic plan is made from these statistics and kept.
     let mut conn = transport.pool().acquire().await.unwrap();
@@ -128,20 +134,7 @@ fn settling_statements(schema: &str) -> Vec<(&'static str, &'static str, String,
 /// The plans of the settling statements and the idle look once the table has filled again after a vacuum of the
 /// drained table, made the way PostgreSQL makes them for `mode`, while the table was recorded as empty.
 async fn settling_plans(mode: &str) -> Vec<(&'static str, String)> {
-    let schema = common::unique("courier_plans");
-    let transport = common::transport(&schema, "courier_plans").await;
-    send(&transport, "plans", 200).await;
-    let mut subscription = transport.subscribe("plans", SubscriptionOptions::default()).await.unwrap();
-    let mut handled = 0;
-    while handled < 200 {
-        for delivery in subscription.next_batch(200).await.unwrap() {
-            delivery.ack().await.unwrap();
-            handled += 1;
-        }
-    }
-    drop(subscription);
-    transport.flush().await.unwrap();
-    common::execute(&format!("VACUUM \"{schema}\".messages")).await;
+    let (schema, transport) = drained_and_vacuumed().await;
     let mut conn = transport.pool().acquire().await.unwrap();
     let statements = settling_statements(&schema);
     let mut prepare = format!("SET plan_cache_mode = {mode};");
