@@ -98,7 +98,8 @@ impl Figures {
 ///
 /// `COURIER_BENCH_ONLY=courier,alone` runs only the scenarios with those keys (all when unset; each bench lists its
 /// keys in its docs). `COURIER_BENCH_ROUNDS=3` runs the throughput scenarios three times, interleaved (raw,
-/// contract's work, Courier, transport alone, then again), so that each ratio is taken within a round and the
+/// contract's work, Courier, transport alone, then again), and the latency pairs at a fixed rate three times
+/// ([`rate_order`](Self::rate_order)), so that each ratio is taken within a round and the
 /// machine's drift between rounds shows instead of hiding in one figure; [`Table`] reports each round and the
 /// median. Each round starts one scenario later ([`order`](Self::order)), so that no scenario always runs right
 /// after the same other one: on PostgreSQL the scenario after Courier's met its autovacuum, and a checkpoint lands
@@ -106,7 +107,7 @@ impl Figures {
 #[derive(Debug, Clone)]
 pub struct Plan {
     only: Vec<String>,
-    /// Rounds of the throughput scenarios (at least 1).
+    /// Rounds of the throughput scenarios, and of the latency pairs at a fixed rate (at least 1).
     pub rounds: usize,
     /// Messages per throughput scenario (`COURIER_BENCH_MESSAGES`, 100,000 by default).
     pub messages: u64,
@@ -130,8 +131,8 @@ impl Plan {
         self.only.is_empty() || self.only.iter().any(|k| k == key)
     }
 
-    /// The throughput scenarios of round `round` (from 0) that run, in the order they run: [`THROUGHPUT_KEYS`]
-    /// turned by one place each round.
+    /// The throughput scenarios of round `round` (from 0) that run, in the order they run: those of
+    /// [`THROUGHPUT_KEYS`] the plan runs, turned by one place each round.
     ///
     /// ```
     /// let plan = courier_bench::Plan::from_env();
@@ -142,8 +143,11 @@ impl Plan {
     /// ```
     pub fn order(&self, round: usize) -> Vec<&'static str> {
         let mut keys = THROUGHPUT_KEYS.to_vec();
-        keys.rotate_left(round % THROUGHPUT_KEYS.len());
         keys.retain(|k| self.runs(k));
+        if !keys.is_empty() {
+            let turn = round % keys.len();
+            keys.rotate_left(turn);
+        }
         keys
     }
 }
@@ -758,7 +762,8 @@ mod tests {
         assert_eq!(orders[4], orders[0]);
         let some = Plan { only: vec!["courier".into(), "contract".into()], rounds: 2, messages: 1 };
         assert_eq!(some.order(0), ["contract", "courier"]);
-        assert_eq!(some.order(2), ["courier", "contract"]);
+        assert_eq!(some.order(1), ["courier", "contract"]);
+        assert_eq!(some.order(2), ["contract", "courier"]);
         assert!(some.rate_order(0).is_empty());
         assert_eq!(all.rate_order(0), ["raw-rate", "courier-rate"]);
         assert_eq!(all.rate_order(1), ["courier-rate", "raw-rate"]);

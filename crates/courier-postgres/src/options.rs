@@ -94,6 +94,13 @@ impl PostgresOptions {
                 self.schema
             )));
         }
+        if self.notify_interval > Duration::from_secs(60) {
+            return Err(Error::config(format!(
+                "notify_interval must be at most 60 s (other processes' idle consumers wait up to that long), got \
+                 {:?}",
+                self.notify_interval
+            )));
+        }
         if self.max_connections < 2 {
             return Err(Error::config(format!(
                 "max_connections must be at least 2 (one is kept for LISTEN), got {}",
@@ -192,6 +199,15 @@ mod tests {
         let (_, o) = parse_url("postgresql://localhost/test", PostgresOptions::default()).unwrap();
         assert_eq!(o.schema, "courier");
         assert_eq!(o.notify_interval, Duration::from_millis(5));
+    }
+
+    #[test]
+    fn a_notify_interval_over_a_minute_is_refused() {
+        let options = PostgresOptions { notify_interval: Duration::from_secs(61), ..PostgresOptions::default() };
+        let e = options.validate().unwrap_err();
+        assert!(e.to_string().contains("notify_interval"), "{e}");
+        let (_, o) = parse_url("postgres://localhost/x?notify_ms=999999", PostgresOptions::default()).unwrap();
+        assert_eq!(o.notify_interval, Duration::from_secs(60));
     }
 
     #[test]

@@ -67,6 +67,7 @@ impl Drop for Shared {
     fn drop(&mut self) {
         self.listener.abort();
         self.notifier.abort();
+        wake::flush_on_drop(self.reuse.clone(), self.sql.clone(), &self.wakers);
     }
 }
 

@@ -57,6 +57,11 @@ impl Wakers {
         self.announced.notify_one();
     }
 
+    /// The queues announced and not yet notified, forgotten here.
+    fn take_pending(&self) -> Vec<String> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner())).into_iter().collect()
+    }
+
     /// Wakes every waiter on every queue (after notifications may have been lost).
     pub(crate) fn wake_all(&self) {
         let map = self.by_queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -113,18 +118,30 @@ pub(crate) async fn notify(reuse: Arc<crate::reuse::Reuse>, sql: Arc<Sql>, waker
     loop {
         wakers.announced.notified().await;
         let started = tokio::time::Instant::now();
-        let queues: Vec<String> =
-            std::mem::take(&mut *wakers.pending.lock().unwrap_or_else(|p| p.into_inner())).into_iter().collect();
+        let queues = wakers.take_pending();
         if queues.is_empty() {
             continue;
         }
-        let sent =
-            crate::reuse::reusing!(reuse, |conn| query(&sql.notify).bind(&sql.channel).bind(&queues).execute(conn));
-        if let Err(e) = sent {
-            tracing::debug!(error = %e, "could not notify other processes; their consumers will find the messages");
-        }
+        send(&reuse, &sql, &queues).await;
         // Announcements made meanwhile stay pending (and `announced` keeps its permit) until the next round.
         tokio::time::sleep_until(started + interval).await;
+    }
+}
+
+/// Notifies other processes of `queues`.
+async fn send(reuse: &crate::reuse::Reuse, sql: &Sql, queues: &[String]) {
+    let sent = crate::reuse::reusing!(reuse, |conn| query(&sql.notify).bind(&sql.channel).bind(queues).execute(conn));
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, "could not notify other processes; their consumers will find the messages");
+    }
+}
+
+/// When the transport is dropped, with its notifier waiting out an interval: sends what is still announced (in a
+/// task of its own, best effort), so other processes' consumers need not wait for their recheck.
+pub(crate) fn flush_on_drop(reuse: Arc<crate::reuse::Reuse>, sql: Arc<Sql>, wakers: &Wakers) {
+    let queues = wakers.take_pending();
+    if let (false, Ok(runtime)) = (queues.is_empty(), tokio::runtime::Handle::try_current()) {
+        runtime.spawn(async move { send(&reuse, &sql, &queues).await });
     }
 }
 
