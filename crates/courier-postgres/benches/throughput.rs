@@ -278,10 +278,10 @@ async fn raw_at_rate(pool: &PgPool, schema: &str, rate: u64, seconds: f64) -> Fi
 }
 
 /// Before each throughput scenario: vacuums the queue tables and makes a checkpoint, so that every scenario starts
-/// from the same state: no dead rows left by the one before, no checkpoint under way. (It does not stop the
-/// contract's-work baseline from collapsing in some rounds: 11-15k msg/s at 113-154 us of server CPU a message, with
-/// a backlog of seconds; that happens with or without it.) `CHECKPOINT` needs a superuser or `pg_checkpoint`;
-/// without it only the vacuum runs.
+/// from the same state: no dead rows left by the one before, no checkpoint under way. (It did not stop the
+/// contract's-work baseline from collapsing in some rounds, 11-15k msg/s at 113-154 us of server CPU a message: its
+/// connections lacked the planner settings the transport runs with, which they have now.) `CHECKPOINT` needs a
+/// superuser or `pg_checkpoint`; without it only the vacuum runs.
 async fn fresh_start(pool: &PgPool, schema: &str) {
     for statement in
         [format!("VACUUM \"{schema}\".messages"), format!("VACUUM \"{schema}\".raw_messages"), "CHECKPOINT".to_owned()]
@@ -318,9 +318,17 @@ fn main() {
         let options = PostgresOptions::default().schema(&schema).application_name("courier_bench");
         let transport = PostgresTransport::connect(&POSTGRES.url(), options).await.expect("connect");
         let engine = transport.clone().into_engine();
+        // The raw client gets the planner settings the transport runs with (see courier-postgres's docs): without
+        // them its takes and deletes keep plans made while its table was empty, and some rounds collapsed.
+        let raw_options: sqlx::postgres::PgConnectOptions = POSTGRES.url().parse().expect("PostgreSQL URL");
+        let raw_options = raw_options.options([
+            ("enable_seqscan", "off"),
+            ("enable_bitmapscan", "off"),
+            ("plan_cache_mode", "force_custom_plan"),
+        ]);
         let raw_pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(RAW_TASKS as u32 * 2 + 2)
-            .connect(&POSTGRES.url())
+            .connect_with(raw_options)
             .await
             .expect("raw pool");
 
