@@ -79,7 +79,9 @@
 //! prepared while the table was empty, the settling statements kept plans that read the whole primary-key index
 //! for every batch, or the whole queue index to find one row (`tests/plans.rs`). Each costs one more round trip
 //! (the statement is described before it runs) and is run once per batch; on one machine the bench measured no
-//! difference.
+//! difference. Not covered yet: when a vacuum cannot remove the drained table's dead rows (another session holds an
+//! old snapshot), the statistics say "no rows" while the pages remain, and plans made at each execution are as
+//! blind as cached ones until autoanalyze counts the rows again.
 //!
 //! # Sizing the server
 //!
