@@ -250,6 +250,36 @@ impl Table {
     }
 }
 
+/// Runs the latency pairs at a fixed rate of an engine bench, one a round in [`Plan::rate_order`]: `raw(round)`
+/// for the raw client (key `raw-rate`) and [`bus_latency_at_rate`] named `scenario` for Courier (`courier-rate`),
+/// at `rate` msg/s for `seconds`; adds their rows to `table`.
+#[allow(clippy::too_many_arguments)]
+pub async fn latency_rounds<F, Fut>(
+    plan: &Plan,
+    table: &mut Table,
+    engine: &Engine,
+    scenario: &str,
+    rate: u64,
+    seconds: f64,
+    payload_size: usize,
+    mut raw: F,
+) where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Figures>,
+{
+    for round in 0..plan.rounds {
+        for key in plan.rate_order(round) {
+            let figures = if key == "raw-rate" {
+                raw(round).await
+            } else {
+                let run = bus_latency_at_rate(scenario, engine, rate, seconds, payload_size);
+                run.await.expect("Courier latency at rate")
+            };
+            table.add(key, figures);
+        }
+    }
+}
+
 /// Runs one Courier scenario of an engine bench under a [`CpuMeter`] and adds its row to `table`: `courier`
 /// ([`bus_throughput`], named `scenario`) or `alone` ([`transport_throughput`], named `alone`), with `messages`,
 /// `publishers` in flight and `payload_size`-byte bodies. Any other key is a mistake in the bench and panics.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
 use courier_bench::{
-    BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, bus_throughput, courier_scenario, payload,
+    BenchMessage, CpuMeter, Figures, Plan, Table, bus_throughput, courier_scenario, latency_rounds, payload,
 };
 
 const SERVER: Option<&str> = Some("nats-server");
@@ -214,19 +214,14 @@ fn main() {
             }
         }
         let rate_messages = (RATE as f64 * RATE_SECONDS) as u64;
-        for round in 0..plan.rounds {
-            for key in plan.rate_order(round) {
-                if key == "raw-rate" {
-                    let scenario = format!("raw async-nats at {RATE} msg/s");
-                    let name = format!("courier_bench_rawr{round}_{id}");
-                    table.add(key, raw(&scenario, client.clone(), &name, rate_messages, Some(RATE), Work::Plain).await);
-                } else {
-                    let scenario = format!("Courier on NATS at {RATE} msg/s");
-                    let run = bus_latency_at_rate(&scenario, &engine, RATE, RATE_SECONDS, PAYLOAD);
-                    table.add(key, run.await.expect("Courier latency run"));
-                }
-            }
-        }
+        let (raw_scenario, scenario) =
+            (format!("raw async-nats at {RATE} msg/s"), format!("Courier on NATS at {RATE} msg/s"));
+        latency_rounds(&plan, &mut table, &engine, &scenario, RATE, RATE_SECONDS, PAYLOAD, |round| {
+            let (client, raw_scenario, name) =
+                (client.clone(), &raw_scenario, format!("courier_bench_rawr{round}_{id}"));
+            async move { raw(raw_scenario, client, &name, rate_messages, Some(RATE), Work::Plain).await }
+        })
+        .await;
 
         println!();
         table.print();

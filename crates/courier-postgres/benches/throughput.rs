@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use courier_bench::{
-    BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, bus_throughput, courier_scenario, payload,
+    BenchMessage, CpuMeter, Figures, Plan, Table, bus_throughput, courier_scenario, latency_rounds, payload,
 };
 
 const SERVER: Option<&str> = Some("postgres");
@@ -354,16 +354,11 @@ fn main() {
                 }
             }
         }
-        for round in 0..plan.rounds {
-            for key in plan.rate_order(round) {
-                if key == "raw-rate" {
-                    table.add(key, raw_at_rate(&raw_pool, &schema, 5_000, 5.0).await);
-                } else {
-                    let run = bus_latency_at_rate("courier postgres @ 5000 msg/s", &engine, 5_000, 5.0, PAYLOAD);
-                    table.add(key, run.await.expect("courier at rate"));
-                }
-            }
-        }
+        let scenario = "courier postgres @ 5000 msg/s";
+        latency_rounds(&plan, &mut table, &engine, scenario, 5_000, 5.0, PAYLOAD, |_| {
+            raw_at_rate(&raw_pool, &schema, 5_000, 5.0)
+        })
+        .await;
 
         println!();
         table.print();

@@ -28,6 +28,37 @@ async fn connect(schema: &str, options: PostgresOptions) -> PostgresTransport {
     PostgresTransport::connect(&POSTGRES.url(), options).await.expect("connect to PostgreSQL")
 }
 
+/// Two transports on `schema` standing for two processes: a publisher notifying at most every `interval`, and a
+/// consumer whose only way to learn of a message in time is a notification (its safety-net recheck is a minute
+/// away).
+async fn two_processes(schema: &str, interval: Duration) -> (PostgresTransport, PostgresTransport) {
+    let publisher = connect(schema, PostgresOptions { notify_interval: interval, ..PostgresOptions::default() }).await;
+    let consumer =
+        connect(schema, PostgresOptions { recheck_interval: Duration::from_secs(60), ..PostgresOptions::default() })
+            .await;
+    (publisher, consumer)
+}
+
+/// Takes and acks the messages of `queue` on `consumer` in a task of its own, telling when each arrived; the
+/// consumer has found the queue empty and waits when this returns.
+async fn consume(
+    consumer: &PostgresTransport,
+    queue: &str,
+) -> (tokio::task::JoinHandle<()>, tokio::sync::mpsc::UnboundedReceiver<Instant>) {
+    let mut subscription = consumer.subscribe(queue, SubscriptionOptions::default()).await.unwrap();
+    let (received_tx, received) = tokio::sync::mpsc::unbounded_channel();
+    let consuming = tokio::spawn(async move {
+        loop {
+            for delivery in subscription.next_batch(100).await.unwrap() {
+                delivery.ack().await.unwrap();
+                let _ = received_tx.send(Instant::now());
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (consuming, received)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_process_is_woken_at_once_then_once_per_interval() {
     if !POSTGRES.require() {
@@ -37,14 +68,8 @@ async fn another_process_is_woken_at_once_then_once_per_interval() {
     const BURST: u32 = 40;
     let schema = common::unique("courier_wake");
     let _guard = common::SchemaGuard(schema.clone());
-    // Two transports stand for two processes: the consumer's only way to learn of a message in time is a
-    // notification (its safety-net recheck is a minute away).
-    let publisher = connect(&schema, PostgresOptions { notify_interval: INTERVAL, ..PostgresOptions::default() }).await;
-    let consumer =
-        connect(&schema, PostgresOptions { recheck_interval: Duration::from_secs(60), ..PostgresOptions::default() })
-            .await;
+    let (publisher, consumer) = two_processes(&schema, INTERVAL).await;
     let queue = "wake";
-    let mut subscription = consumer.subscribe(queue, SubscriptionOptions::default()).await.unwrap();
 
     let mut listener = PgListener::connect(&POSTGRES.url()).await.unwrap();
     listener.listen(&format!("{schema}_wake")).await.unwrap();
@@ -58,17 +83,7 @@ async fn another_process_is_woken_at_once_then_once_per_interval() {
         }
     });
 
-    let (received_tx, mut received) = tokio::sync::mpsc::unbounded_channel();
-    let consuming = tokio::spawn(async move {
-        loop {
-            for delivery in subscription.next_batch(100).await.unwrap() {
-                delivery.ack().await.unwrap();
-                let _ = received_tx.send(Instant::now());
-            }
-        }
-    });
-    // Let the consumer find the queue empty and wait.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (consuming, mut received) = consume(&consumer, queue).await;
 
     let start = Instant::now();
     let send = |n| publisher.send(queue, Envelope::for_message("test", &Note { n }).unwrap().into_raw(), None);
@@ -120,23 +135,9 @@ async fn a_dropped_transport_announces_what_it_held_back() {
     }
     let schema = common::unique("courier_wake");
     let _guard = common::SchemaGuard(schema.clone());
-    let interval = Duration::from_secs(30);
-    let publisher = connect(&schema, PostgresOptions { notify_interval: interval, ..PostgresOptions::default() }).await;
-    let consumer =
-        connect(&schema, PostgresOptions { recheck_interval: Duration::from_secs(60), ..PostgresOptions::default() })
-            .await;
+    let (publisher, consumer) = two_processes(&schema, Duration::from_secs(30)).await;
     let queue = "dropped";
-    let mut subscription = consumer.subscribe(queue, SubscriptionOptions::default()).await.unwrap();
-    let (received_tx, mut received) = tokio::sync::mpsc::unbounded_channel();
-    let consuming = tokio::spawn(async move {
-        loop {
-            for delivery in subscription.next_batch(10).await.unwrap() {
-                delivery.ack().await.unwrap();
-                let _ = received_tx.send(());
-            }
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (consuming, mut received) = consume(&consumer, queue).await;
     let send = |n| publisher.send(queue, Envelope::for_message("test", &Note { n }).unwrap().into_raw(), None);
     // The first publish is announced at once and opens the interval.
     send(0).await.unwrap();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use courier_bench::{BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, courier_scenario};
+use courier_bench::{BenchMessage, CpuMeter, Figures, Plan, Table, courier_scenario, latency_rounds};
 
 const SERVER: Option<&str> = Some("beam.smp");
 use courier_rabbitmq::{RabbitMqOptions, RabbitMqTransport};
@@ -216,17 +216,11 @@ fn main() {
             }
         }
         let rate_messages = (RATE as f64 * RATE_SECONDS) as u64;
-        for round in 0..plan.rounds {
-            for key in plan.rate_order(round) {
-                if key == "raw-rate" {
-                    let scenario = "raw lapin at 5,000 msg/s (baseline)";
-                    table.add(key, raw(&raw_url, scenario, rate_messages, Some(RATE), Work::Plain).await);
-                } else {
-                    let run = bus_latency_at_rate("Courier bus at 5,000 msg/s", &engine, RATE, RATE_SECONDS, PAYLOAD);
-                    table.add(key, run.await.expect("Courier latency at rate"));
-                }
-            }
-        }
+        let scenario = "Courier bus at 5,000 msg/s";
+        latency_rounds(&plan, &mut table, &engine, scenario, RATE, RATE_SECONDS, PAYLOAD, |_| {
+            raw(&raw_url, "raw lapin at 5,000 msg/s (baseline)", rate_messages, Some(RATE), Work::Plain)
+        })
+        .await;
 
         println!("\nRabbitMQ, {PAYLOAD}-byte persistent messages, publisher confirms, manual acks\n");
         table.print();

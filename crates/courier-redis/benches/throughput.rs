@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use courier_bench::{BenchMessage, CpuMeter, Figures, Plan, Table, bus_latency_at_rate, courier_scenario, payload};
+use courier_bench::{BenchMessage, CpuMeter, Figures, Plan, Table, courier_scenario, latency_rounds, payload};
 
 const SERVER: Option<&str> = Some("redis-server");
 use courier_redis::{RedisOptions, RedisTransport};
@@ -288,17 +288,12 @@ fn main() {
                 }
             }
         }
-        for round in 0..plan.rounds {
-            for key in plan.rate_order(round) {
-                if key == "raw-rate" {
-                    table.add(key, raw(&client, &format!("{prefix}:rate{round}"), RATE * 5, Some(RATE)).await);
-                } else {
-                    let scenario = format!("Courier Redis transport at {RATE} msg/s");
-                    let run = bus_latency_at_rate(&scenario, &engine, RATE, 5.0, PAYLOAD);
-                    table.add(key, run.await.expect("Courier latency at rate"));
-                }
-            }
-        }
+        let scenario = format!("Courier Redis transport at {RATE} msg/s");
+        latency_rounds(&plan, &mut table, &engine, &scenario, RATE, 5.0, PAYLOAD, |round| {
+            let (client, key) = (&client, format!("{prefix}:rate{round}"));
+            async move { raw(client, &key, RATE * 5, Some(RATE)).await }
+        })
+        .await;
         table
     });
     delete_keys(&client, &prefix);
