@@ -135,21 +135,21 @@ impl Transport for MemoryTransport {
 
     async fn subscribe(&self, queue: &str, _options: SubscriptionOptions) -> Result<Box<dyn Subscription>> {
         self.lock().queue(queue);
-        Ok(Box::new(MemorySubscription { transport: self.clone(), queue: queue.to_owned() }))
+        Ok(Box::new(MemorySubscription { transport: self.clone(), queue: Arc::from(queue) }))
     }
 }
 
 #[derive(Debug)]
 struct MemorySubscription {
     transport: MemoryTransport,
-    queue: String,
+    queue: Arc<str>,
 }
 
 #[async_trait]
 impl Subscription for MemorySubscription {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Delivery>> {
         loop {
-            let notify = match self.transport.lock().queues.get(&self.queue) {
+            let notify = match self.transport.lock().queues.get(&*self.queue) {
                 Some(q) => q.notify.clone(),
                 None => return Err(Error::closed(format!("queue '{}' was deleted", self.queue))),
             };
@@ -159,7 +159,7 @@ impl Subscription for MemorySubscription {
             notified.as_mut().enable();
             let wait = {
                 let mut state = self.transport.lock();
-                let Some(q) = state.queues.get_mut(&self.queue) else {
+                let Some(q) = state.queues.get_mut(&*self.queue) else {
                     return Err(Error::closed(format!("queue '{}' was deleted", self.queue)));
                 };
                 let now = now_millis();
@@ -175,7 +175,12 @@ impl Subscription for MemorySubscription {
                     stored.deliveries += 1;
                     let acker =
                         MemoryAcker { transport: self.transport.clone(), queue: self.queue.clone(), seq: stored.seq };
-                    batch.push(Delivery::new(&self.queue, stored.message.clone(), stored.deliveries, Box::new(acker)));
+                    batch.push(Delivery::new(
+                        self.queue.clone(),
+                        stored.message.clone(),
+                        stored.deliveries,
+                        Box::new(acker),
+                    ));
                     q.in_flight.insert(stored.seq, stored);
                 }
                 if !batch.is_empty() {
@@ -191,14 +196,14 @@ impl Subscription for MemorySubscription {
 #[derive(Debug)]
 struct MemoryAcker {
     transport: MemoryTransport,
-    queue: String,
+    queue: Arc<str>,
     seq: u64,
 }
 
 impl MemoryAcker {
     fn settle(&self, f: impl FnOnce(&mut State, Stored)) {
         let mut state = self.transport.lock();
-        let taken = state.queues.get_mut(&self.queue).and_then(|q| q.in_flight.remove(&self.seq));
+        let taken = state.queues.get_mut(&*self.queue).and_then(|q| q.in_flight.remove(&self.seq));
         if let Some(stored) = taken {
             f(&mut state, stored);
         }
@@ -241,7 +246,7 @@ impl Acker for MemoryAcker {
             annotate(&mut stored.message, annotations);
             let entry = DeadLetter {
                 entry_id: stored.seq.to_string(),
-                queue: self.queue.clone(),
+                queue: self.queue.to_string(),
                 dead_lettered_at: Utc::now(),
                 message: stored.message,
             };

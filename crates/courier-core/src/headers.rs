@@ -184,6 +184,35 @@ impl Headers {
         Self { entries: Vec::new() }
     }
 
+    /// Headers from entries in any order; where a name comes twice, the later value wins (as with
+    /// [`insert`](Self::insert) one by one, but sorted once instead of searched at every entry).
+    ///
+    /// ```
+    /// use courier_core::{HeaderName, Headers};
+    /// let headers = Headers::from_entries(vec![
+    ///     (HeaderName::from("type"), "a.v1".to_owned()),
+    ///     (HeaderName::from("id"), "1".to_owned()),
+    ///     (HeaderName::from("type"), "b.v1".to_owned()),
+    /// ]);
+    /// assert_eq!(headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["id", "type"]);
+    /// assert_eq!(headers.get("type").map(String::as_str), Some("b.v1"));
+    /// ```
+    pub fn from_entries(mut entries: Vec<(HeaderName, String)>) -> Self {
+        if !entries.is_sorted_by(|(a, _), (b, _)| a < b) {
+            // Stable, so equal names keep their order and the last of each run is the one to keep.
+            entries.sort_by(|(a, _), (b, _)| a.cmp(b));
+            let mut kept: Vec<(HeaderName, String)> = Vec::with_capacity(entries.len());
+            for entry in entries {
+                match kept.last_mut() {
+                    Some(last) if last.0 == entry.0 => *last = entry,
+                    _ => kept.push(entry),
+                }
+            }
+            entries = kept;
+        }
+        Self { entries }
+    }
+
     /// No headers, with room for `capacity` without reallocating.
     pub fn with_capacity(capacity: usize) -> Self {
         Self { entries: Vec::with_capacity(capacity) }
@@ -302,9 +331,7 @@ impl<K: Into<HeaderName>, V: Into<String>> Extend<(K, V)> for Headers {
 
 impl<K: Into<HeaderName>, V: Into<String>> FromIterator<(K, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        let mut headers = Headers::new();
-        headers.extend(iter);
-        headers
+        Self::from_entries(iter.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
     }
 }
 
@@ -389,6 +416,20 @@ mod tests {
         assert_eq!(headers.remove("alpha").as_deref(), Some("ALPHA"));
         assert_eq!(headers.remove("alpha"), None);
         assert!(!headers.contains_key("nope") && headers.contains_key("type"));
+    }
+
+    #[test]
+    fn gathered_entries_are_the_same_as_inserted_ones() {
+        let entries = [("type", "1"), ("id", "2"), ("a", "3"), ("type", "4"), ("a", "5"), ("z", "6"), ("a", "7")];
+        let mut inserted = Headers::new();
+        for (name, value) in entries {
+            inserted.insert(name, value);
+        }
+        let gathered = Headers::from_entries(entries.map(|(n, v)| (HeaderName::from(n), v.to_owned())).to_vec());
+        assert_eq!(gathered, inserted);
+        assert_eq!(gathered.get("a").map(String::as_str), Some("7"));
+        let sorted_with_twins = vec![(HeaderName::from("a"), "1".to_owned()), (HeaderName::from("a"), "2".to_owned())];
+        assert_eq!(Headers::from_entries(sorted_with_twins), Headers::from([("a", "2")]));
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //!   A [`Subscription`] is owned by one consumer loop.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -117,15 +118,16 @@ pub trait Acker: Send + Sync + fmt::Debug {
 /// One message taken from a queue, to be settled exactly once.
 #[derive(Debug)]
 pub struct Delivery {
-    queue: String,
+    queue: Arc<str>,
     message: RawMessage,
     delivery_count: u32,
     acker: Option<Box<dyn Acker>>,
 }
 
 impl Delivery {
-    /// Builds a delivery (for engine implementations). `delivery_count` starts at 1.
-    pub fn new(queue: impl Into<String>, message: RawMessage, delivery_count: u32, acker: Box<dyn Acker>) -> Self {
+    /// Builds a delivery (for engine implementations). `delivery_count` starts at 1. An engine passes its
+    /// subscription's `Arc<str>` queue name, so no delivery copies the name.
+    pub fn new(queue: impl Into<Arc<str>>, message: RawMessage, delivery_count: u32, acker: Box<dyn Acker>) -> Self {
         Self { queue: queue.into(), message, delivery_count, acker: Some(acker) }
     }
 

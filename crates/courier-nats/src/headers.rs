@@ -50,7 +50,8 @@ fn escape_name(name: &str) -> std::borrow::Cow<'_, str> {
 }
 
 fn unescape(text: &str) -> String {
-    if !text.contains('%') {
+    // A plain byte loop: header texts are short, and `str::contains` calls into memchr for each.
+    if !text.bytes().any(|b| b == b'%') {
         return text.to_owned();
     }
     if text == "%00" {
@@ -102,9 +103,11 @@ pub(crate) fn is_internal(name: &str) -> bool {
 
 /// The Courier headers of a NATS message (internal headers left out), and its prior delivery count.
 pub(crate) fn from_nats(headers: Option<&HeaderMap>) -> (Headers, u32) {
-    let mut out = Headers::new();
     let mut prior = 0;
+    let mut out = Headers::new();
     if let Some(headers) = headers {
+        // NATS hands headers out in hash order: gathered first and sorted once, rather than each inserted in place.
+        let mut entries = Vec::with_capacity(headers.len() + 2);
         for (name, values) in headers.iter() {
             let name: &str = name.as_ref();
             let Some(value) = values.last() else { continue };
@@ -115,9 +118,11 @@ pub(crate) fn from_nats(headers: Option<&HeaderMap>) -> (Headers, u32) {
             if is_internal(name) {
                 continue;
             }
-            let name = if name.contains('%') { HeaderName::from(unescape(name)) } else { HeaderName::from(name) };
-            out.insert(name, unescape(value.as_str()));
+            let name =
+                if name.bytes().any(|b| b == b'%') { HeaderName::from(unescape(name)) } else { HeaderName::from(name) };
+            entries.push((name, unescape(value.as_str())));
         }
+        out = Headers::from_entries(entries);
     }
     restore_implied_attributes(&mut out);
     (out, prior)

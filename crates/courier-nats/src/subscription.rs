@@ -20,7 +20,7 @@ type Held = Arc<Mutex<HashMap<u64, async_nats::Subject>>>;
 /// One consumer loop's stream of deliveries from a queue.
 pub(crate) struct NatsSubscription {
     shared: Arc<Shared>,
-    queue: String,
+    queue: Arc<str>,
     consumer: consumer::PullConsumer,
     messages: Option<consumer::pull::Stream>,
     prefetch: usize,
@@ -75,7 +75,7 @@ impl NatsSubscription {
         let renewer = tokio::spawn(renew(shared.client.clone(), held.clone(), ack_wait));
         Self {
             shared,
-            queue: queue.to_owned(),
+            queue: Arc::from(queue),
             consumer,
             messages: None,
             prefetch: prefetch.clamp(1, 10_000),
@@ -135,7 +135,7 @@ impl NatsSubscription {
             delivery_count: count,
             held: self.held.clone(),
         }));
-        Some(Delivery::new(&self.queue, RawMessage { headers, body }, count, Box::new(acker)))
+        Some(Delivery::new(self.queue.clone(), RawMessage { headers, body }, count, Box::new(acker)))
     }
 }
 
@@ -227,7 +227,7 @@ impl Subscription for NatsSubscription {
 async fn put_back(shared: &Shared, queue: &str, message: &jetstream::Message, deliveries: u32) -> Result<()> {
     let (headers, _) = headers::from_nats(message.headers.as_ref());
     let nats_headers = headers::to_nats(&headers, &[(PRIOR_DELIVERIES, deliveries.to_string())]);
-    shared.publish_acked(shared.names.queue_subject(queue), nats_headers, message.payload.clone()).await?;
+    shared.publish_acked(shared.queue_subject(queue), nats_headers, message.payload.clone()).await?;
     ack(message).await
 }
 
@@ -242,7 +242,7 @@ struct NatsAcker(Arc<AckerState>);
 #[derive(Debug)]
 struct AckerState {
     shared: Arc<Shared>,
-    queue: String,
+    queue: Arc<str>,
     message: jetstream::Message,
     seq: u64,
     delivery_count: u32,
@@ -274,13 +274,13 @@ impl Acker for NatsAcker {
         headers.extend(annotations);
         let mut extra = vec![(PRIOR_DELIVERIES, state.delivery_count.to_string())];
         let subject = if delay.is_zero() {
-            state.shared.names.queue_subject(&state.queue)
+            state.shared.queue_subject(&state.queue)
         } else {
             let due =
                 now_millis() + delay.as_millis() as i64 + i64::from(!delay.subsec_nanos().is_multiple_of(1_000_000));
             extra.push((DELIVER_AT, due.to_string()));
             state.shared.ensure_scheduler();
-            state.shared.names.delay_subject(&state.queue)
+            state.shared.names.delay_subject(&state.queue).into()
         };
         let nats_headers = headers::to_nats(&headers, &extra);
         state.shared.publish_acked(subject, nats_headers, state.message.payload.clone()).await?;

@@ -1,11 +1,11 @@
 //! [`NatsTransport`]: connecting, declaring queues and publishing.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
-use async_nats::{HeaderMap, ServerAddr};
+use async_nats::{HeaderMap, ServerAddr, Subject};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -49,8 +49,14 @@ pub(crate) struct Shared {
     pub(crate) blob_stream: stream::Stream,
     pub(crate) bindings: Bindings,
     declared: Mutex<HashSet<String>>,
+    /// Each queue's subject, encoded once (see [`Shared::queue_subject`]).
+    subjects: RwLock<HashMap<String, Subject>>,
     scheduler: OnceLock<tokio::task::JoinHandle<()>>,
 }
+
+/// How many queue subjects [`Shared::queue_subject`] keeps; past that it starts again (a process that sends to
+/// ever new queue names, such as reply queues, must not grow it forever).
+const KEPT_SUBJECTS: usize = 4096;
 
 impl Drop for Shared {
     fn drop(&mut self) {
@@ -219,6 +225,7 @@ impl NatsTransport {
                 blob_stream,
                 bindings,
                 declared: Mutex::new(HashSet::new()),
+                subjects: RwLock::new(HashMap::new()),
                 scheduler: OnceLock::new(),
             }),
         })
@@ -345,7 +352,7 @@ impl Shared {
     /// Publishes one message and returns the future of its acknowledgement.
     pub(crate) async fn start_publish(
         &self,
-        subject: String,
+        subject: impl Into<Subject>,
         mut headers: HeaderMap,
         mut body: Bytes,
     ) -> Result<jetstream::context::PublishAckFuture> {
@@ -356,18 +363,24 @@ impl Shared {
                 .sum()
         };
         if body.len() > 4096 && crate::blobs::too_big(&self.client, body.len(), header_len()) {
-            let claim = crate::blobs::store(&self.js, &self.names, &body).await?;
+            // Boxed: the rare path would otherwise make every publish's future as large as its own.
+            let claim = Box::pin(crate::blobs::store(&self.js, &self.names, &body)).await?;
             headers.insert(crate::blobs::BLOB, claim.as_str());
             body = Bytes::new();
         }
         self.js
-            .send_publish(subject, jetstream::message::PublishMessage::build().payload(body).headers(headers))
+            .send_publish(subject.into(), jetstream::message::PublishMessage::build().payload(body).headers(headers))
             .await
             .map_err(|e| js_error(&format!("cannot publish to NATS at '{}'", self.url), e))
     }
 
     /// Publishes one message and waits until JetStream stored it.
-    pub(crate) async fn publish_acked(&self, subject: String, headers: HeaderMap, body: Bytes) -> Result<u64> {
+    pub(crate) async fn publish_acked(
+        &self,
+        subject: impl Into<Subject>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<u64> {
         let ack = self.start_publish(subject, headers, body).await?;
         let ack = ack.await.map_err(|e| js_error(&format!("NATS at '{}' did not store a publish", self.url), e))?;
         Ok(ack.sequence)
@@ -387,22 +400,46 @@ impl Shared {
             self.ensure_scheduler();
         }
         let nats_headers = headers::to_nats(&message.headers, &extra);
-        let subject =
-            |queue: &str| if due.is_some() { self.names.delay_subject(queue) } else { self.names.queue_subject(queue) };
+        let subject = |queue: &str| {
+            if due.is_some() { Subject::from(self.names.delay_subject(queue)) } else { self.queue_subject(queue) }
+        };
         match queues {
             [] => Ok(()),
             [queue] => self.publish_acked(subject(queue), nats_headers, message.body).await.map(drop),
-            many => {
-                let mut acks = Vec::with_capacity(many.len());
-                for queue in many {
-                    acks.push(self.start_publish(subject(queue), nats_headers.clone(), message.body.clone()).await?);
-                }
-                try_join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
-                    .await
-                    .map_err(|e| js_error(&format!("NATS at '{}' did not store a publish", self.url), e))
-                    .map(drop)
-            }
+            // Boxed: fanning out is rarer than one queue, and its future is the larger.
+            many => Box::pin(self.fan_out(many.iter().map(|q| subject(q)), nats_headers, message.body)).await,
         }
+    }
+
+    /// Publishes one message to several subjects, all acks awaited together.
+    async fn fan_out(
+        &self,
+        subjects: impl Iterator<Item = Subject>,
+        nats_headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<()> {
+        let mut acks = Vec::new();
+        for subject in subjects {
+            acks.push(self.start_publish(subject, nats_headers.clone(), body.clone()).await?);
+        }
+        try_join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
+            .await
+            .map_err(|e| js_error(&format!("NATS at '{}' did not store a publish", self.url), e))
+            .map(drop)
+    }
+
+    /// `<ns>.q.<queue>`, encoded once per queue name rather than at every publish.
+    pub(crate) fn queue_subject(&self, queue: &str) -> Subject {
+        if let Some(subject) = self.subjects.read().unwrap_or_else(|p| p.into_inner()).get(queue) {
+            return subject.clone();
+        }
+        let subject = Subject::from(self.names.queue_subject(queue));
+        let mut subjects = self.subjects.write().unwrap_or_else(|p| p.into_inner());
+        if subjects.len() >= KEPT_SUBJECTS {
+            subjects.clear();
+        }
+        subjects.insert(queue.to_owned(), subject.clone());
+        subject
     }
 }
 

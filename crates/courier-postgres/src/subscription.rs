@@ -27,7 +27,7 @@ pub(crate) struct PostgresSubscription {
     pub(crate) sql: Arc<Sql>,
     pub(crate) settler: mpsc::Sender<Settle>,
     pub(crate) wakers: Arc<Wakers>,
-    pub(crate) queue: String,
+    pub(crate) queue: Arc<str>,
     pub(crate) visibility: Duration,
     pub(crate) poll_interval: Duration,
     pub(crate) recheck_interval: Duration,
@@ -110,7 +110,7 @@ impl PostgresSubscription {
                     held: self.held.clone(),
                 };
                 let message = RawMessage { headers, body: Bytes::from(body) };
-                Delivery::new(&self.queue, message, deliveries.max(1) as u32, Box::new(acker))
+                Delivery::new(self.queue.clone(), message, deliveries.max(1) as u32, Box::new(acker))
             })
             .collect())
     }

@@ -278,7 +278,7 @@ impl Transport for PostgresTransport {
             sql: shared.sql.clone(),
             settler: shared.settler.clone(),
             wakers: shared.wakers.clone(),
-            queue: queue.to_owned(),
+            queue: Arc::from(queue),
             visibility,
             poll_interval: shared.options.poll_interval,
             recheck_interval: shared.options.recheck_interval,

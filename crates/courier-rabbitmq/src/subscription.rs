@@ -20,7 +20,7 @@ use crate::transport::{publish_delayed, send_now};
 #[derive(Debug)]
 pub(crate) struct RabbitSubscription {
     link: Arc<Link>,
-    queue: String,
+    queue: Arc<str>,
     prefetch: u16,
     current: Option<(Channel, Consumer)>,
     reopened: bool,
@@ -29,7 +29,7 @@ pub(crate) struct RabbitSubscription {
 impl RabbitSubscription {
     pub(crate) fn new(link: Arc<Link>, queue: &str, prefetch: usize) -> Self {
         let prefetch = prefetch.clamp(1, usize::from(u16::MAX)) as u16;
-        Self { link, queue: queue.to_owned(), prefetch, current: None, reopened: false }
+        Self { link, queue: Arc::from(queue), prefetch, current: None, reopened: false }
     }
 
     async fn open(&self) -> Result<(Channel, Consumer)> {
@@ -68,7 +68,7 @@ impl RabbitSubscription {
             body,
             count,
         };
-        Delivery::new(&self.queue, message, count, Box::new(acker))
+        Delivery::new(self.queue.clone(), message, count, Box::new(acker))
     }
 }
 
@@ -117,7 +117,7 @@ struct RabbitAcker {
     link: Arc<Link>,
     channel: Channel,
     acker: lapin::Acker,
-    queue: String,
+    queue: Arc<str>,
     props: BasicProperties,
     body: Bytes,
     count: u32,

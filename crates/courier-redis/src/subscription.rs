@@ -23,7 +23,7 @@ const ACK_BATCH: usize = 1024;
 #[derive(Debug)]
 struct Shared {
     core: Arc<Core>,
-    queue: String,
+    queue: Arc<str>,
     stream: String,
     consumer: String,
     /// Entry ids handed out and not yet settled: their idle time is reset while handlers run.
@@ -65,7 +65,7 @@ impl RedisSubscription {
         let shared = Arc::new(Shared {
             stream: core.keys.stream(queue),
             core,
-            queue: queue.to_owned(),
+            queue: Arc::from(queue),
             consumer,
             held: Mutex::new(HashSet::new()),
             closed: AtomicBool::new(false),
@@ -95,7 +95,7 @@ impl RedisSubscription {
                 let (count, id) = (entry.delivery_count(), entry.id.clone());
                 let (message, headers) = entry.into_parts();
                 let acker = RedisAcker { shared: self.shared.clone(), acks: self.acks.clone(), id, headers };
-                Delivery::new(&self.shared.queue, message, count, Box::new(acker))
+                Delivery::new(self.shared.queue.clone(), message, count, Box::new(acker))
             })
             .collect()
     }
@@ -175,7 +175,7 @@ impl Drop for RedisSubscription {
 async fn retire(shared: &Shared, conn: &Conn) -> Result<i64> {
     let held: Vec<String> = shared.held().iter().cloned().collect();
     let mut inv = shared.core.scripts.retire.prepare_invoke();
-    inv.arg(&shared.core.keys.prefix).arg(&shared.queue).arg(&shared.consumer);
+    inv.arg(&shared.core.keys.prefix).arg(&*shared.queue).arg(&shared.consumer);
     for id in &held {
         inv.arg(id);
     }
@@ -361,7 +361,7 @@ impl RedisAcker {
         let fresh = uuid::Uuid::new_v4().simple().to_string();
         let mut inv = s.core.scripts.retry.prepare_invoke();
         inv.arg(&s.core.keys.prefix)
-            .arg(&s.queue)
+            .arg(&*s.queue)
             .arg(&self.id)
             .arg(&s.consumer)
             .arg(self.annotated(annotations)?)
@@ -378,13 +378,13 @@ impl RedisAcker {
     async fn dead_letter_now(&self, annotations: Annotations) -> Result<()> {
         let s = &self.shared;
         let mut inv = s.core.scripts.dead_letter.prepare_invoke();
-        inv.arg(&s.core.keys.prefix).arg(&s.queue).arg(&self.id).arg(&s.consumer).arg(self.annotated(annotations)?);
+        inv.arg(&s.core.keys.prefix).arg(&*s.queue).arg(&self.id).arg(&s.consumer).arg(self.annotated(annotations)?);
         s.core.invoke::<i64>("dead-lettering", &inv).await.map(drop)
     }
 }
 
 async fn release(s: &Shared, id: &str) -> Result<()> {
     let mut inv = s.core.scripts.release.prepare_invoke();
-    inv.arg(&s.core.keys.prefix).arg(&s.queue).arg(id).arg(&s.consumer);
+    inv.arg(&s.core.keys.prefix).arg(&*s.queue).arg(id).arg(&s.consumer);
     s.core.invoke::<i64>("releasing a message", &inv).await.map(drop)
 }

@@ -180,7 +180,7 @@ impl Transport for SqliteTransport {
             writer: self.shared.writer.clone(),
             notify: self.shared.wakers.get(queue),
             poll: self.shared.options.poll_interval,
-            queue: queue.to_owned(),
+            queue: Arc::from(queue),
             visibility,
             held,
             renewer,
@@ -214,7 +214,7 @@ struct SqliteSubscription {
     writer: mpsc::Sender<Op>,
     notify: Arc<tokio::sync::Notify>,
     poll: Duration,
-    queue: String,
+    queue: Arc<str>,
     visibility: Duration,
     held: Held,
     renewer: tokio::task::JoinHandle<()>,
@@ -235,7 +235,7 @@ impl Subscription for SqliteSubscription {
             notified.as_mut().enable();
             let lease: i64 = rand_lease();
             let lease_until = now_millis() + self.visibility.as_millis() as i64;
-            let queue = self.queue.clone();
+            let queue = self.queue.to_string();
             let max = max.max(1);
             let taken = call(&self.writer, |reply| Op::Take { queue, max, lease, lease_until, reply }).await?;
             if !taken.rows.is_empty() {
@@ -253,7 +253,7 @@ impl Subscription for SqliteSubscription {
                             held: self.held.clone(),
                         };
                         let message = RawMessage { headers: decode_headers(&row.headers), body: Bytes::from(row.body) };
-                        Delivery::new(&self.queue, message, row.deliveries, Box::new(acker))
+                        Delivery::new(self.queue.clone(), message, row.deliveries, Box::new(acker))
                     })
                     .collect());
             }
@@ -279,7 +279,7 @@ fn rand_lease() -> i64 {
 #[derive(Debug)]
 struct SqliteAcker {
     writer: mpsc::Sender<Op>,
-    queue: String,
+    queue: Arc<str>,
     seq: i64,
     lease: i64,
     held: Held,
@@ -309,7 +309,7 @@ impl Acker for SqliteAcker {
     async fn dead_letter(&self, annotations: Annotations) -> Result<()> {
         self.forget();
         let (seq, lease, queue) = (self.seq, self.lease, self.queue.clone());
-        call(&self.writer, |reply| Op::DeadLetter { seq, lease, queue, annotations, reply }).await
+        call(&self.writer, |reply| Op::DeadLetter { seq, lease, queue: queue.to_string(), annotations, reply }).await
     }
 
     async fn release(&self) -> Result<()> {
