@@ -79,6 +79,28 @@ pub(crate) fn query_planned(stmt: &Stmt) -> Query<'static, Postgres, PgArguments
     query(stmt).persistent(false)
 }
 
+/// The rows of a settling batch found by address: a TID scan, whatever the table's statistics say.
+///
+/// A queue table's statistics can say "no rows" while its pages hold thousands: a vacuum of a drained queue that
+/// could not remove the deleted rows (another session's old snapshot kept them) records 0 live rows, and the
+/// planner estimates every table size from that density until autoanalyze runs. Matching a batch by `seq` then
+/// planned a read of a whole index, even planned at each execution (seen in CI): a join on `seq` makes the
+/// primary key's order look useful, and a condition on `seq` alone can walk the whole `messages_by_queue` index,
+/// both cheap for a table believed empty. By address, with no join and no indexed column in the condition, the
+/// only plan that is not disabled on the transport's connections (`enable_seqscan` and `enable_bitmapscan` off)
+/// is the TID scan, which reads exactly the rows named (`tests/plans.rs`). The key (`seq:lease`) is compared as
+/// one value, which PostgreSQL looks up in a hash of the batch's keys.
+const ROWS_AT: &str = "ctid = ANY($1::text[]::tid[]) AND seq::text || ':' || lease::text = ANY($2::text[])";
+/// The rows of a settling batch found by sequence number, for those whose address changed.
+const ROWS_BY_SEQ: &str = "seq = ANY($1::bigint[]) AND seq::text || ':' || lease::text = ANY($2::text[])";
+
+/// A settling statement by address and the same by sequence number (see [`ROWS_AT`]).
+#[derive(Debug)]
+pub(crate) struct Pair {
+    pub(crate) at: Stmt,
+    pub(crate) seq: Stmt,
+}
+
 /// The statements of one schema, built once per transport.
 #[derive(Debug)]
 pub(crate) struct Sql {
@@ -95,21 +117,24 @@ pub(crate) struct Sql {
     /// now), `$7` queues to declare. Returns
     /// the queues written to.
     pub(crate) enqueue: Stmt,
-    /// `$1` queue, `$2` limit, `$3` visibility ms, `$4` lease.
+    /// `$1` queue, `$2` limit, `$3` visibility ms, `$4` lease. Returns each row's address for settling it.
     pub(crate) take: Stmt,
     /// `$1` queue: milliseconds until the next message becomes visible (negative if one is visible now); no row if
     /// the queue is empty.
     pub(crate) next_visible: Stmt,
-    /// `$1` seqs, `$2` leases.
-    pub(crate) ack: Stmt,
-    /// `$1` seqs, `$2` leases, `$3` channel.
-    pub(crate) release: Stmt,
-    /// `$1` seqs, `$2` leases, `$3` visibility ms.
-    pub(crate) renew: Stmt,
-    /// `$1` seq, `$2` lease, `$3` annotations (JSON object), `$4` delay ms, `$5` channel.
-    pub(crate) retry: Stmt,
-    /// `$1` seq, `$2` lease, `$3` fingerprint, `$4` annotations (JSON object).
-    pub(crate) dead_letter: Stmt,
+    /// Settling statements come in pairs: `.at` finds the rows by their address (`$1` the `ctid`s as text, the
+    /// common case), `.seq` by sequence number (`$1` seqs, for rows that moved since their address was learned).
+    /// Either way `$2` holds each message's `seq:lease` key, so only the lease holder settles. Both return the
+    /// seqs they settled.
+    pub(crate) ack: Pair,
+    /// `$3` channel.
+    pub(crate) release: Pair,
+    /// `$3` visibility ms. Also returns each row's new address.
+    pub(crate) renew: Pair,
+    /// `$1` address or seq, `$2` seq, `$3` lease, `$4` annotations (JSON object), `$5` delay ms, `$6` channel.
+    pub(crate) retry: Pair,
+    /// `$1` address or seq, `$2` seq, `$3` lease, `$4` fingerprint, `$5` annotations (JSON object).
+    pub(crate) dead_letter: Pair,
     pub(crate) queues: Stmt,
     pub(crate) replay_select: Stmt,
     pub(crate) replay_insert: Stmt,
@@ -126,6 +151,11 @@ impl Sql {
     pub(crate) fn new(schema: &str) -> Self {
         let s =
             |template: &str| -> Stmt { template.replace("{s}", &format!("\"{schema}\"")).replace("{now}", NOW).into() };
+        // A settling statement by address or by seq (see `Pair`): `{rows}` for a batch, `{row}` for one message.
+        let pair = |template: &str| Pair {
+            at: s(&template.replace("{rows}", ROWS_AT).replace("{row}", "ctid = $1::text::tid")),
+            seq: s(&template.replace("{rows}", ROWS_BY_SEQ).replace("{row}", "seq = $1")),
+        };
         let filter = "($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR fingerprint = $2)
                       AND ($3::bigint[] IS NULL OR entry = ANY($3))";
         Self {
@@ -158,35 +188,31 @@ impl Sql {
                 WHERE ctid = ANY(ARRAY(
                     SELECT ctid FROM {s}.messages WHERE queue = $1 AND visible_at <= {now}
                     ORDER BY visible_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED))
-                RETURNING seq, headers, body, deliveries"),
+                RETURNING seq, headers, body, deliveries, ctid::text"),
             // `ORDER BY ... LIMIT 1` walks the queue's index and stops at its first entry, whatever the statistics say
             // (an aggregate was planned as a read of the whole queue).
             next_visible: s("SELECT visible_at - {now} FROM {s}.messages WHERE queue = $1 ORDER BY visible_at LIMIT 1"),
-            ack: s("DELETE FROM {s}.messages m USING unnest($1::bigint[], $2::bigint[]) AS t (seq, lease)
-                WHERE m.seq = t.seq AND m.lease = t.lease"),
-            release: s("WITH released AS (
-                    UPDATE {s}.messages m SET visible_at = {now}, lease = NULL, deliveries = GREATEST(m.deliveries - 1, 0)
-                    FROM unnest($1::bigint[], $2::bigint[]) AS t (seq, lease)
-                    WHERE m.seq = t.seq AND m.lease = t.lease
-                    RETURNING m.queue
+            ack: pair("DELETE FROM {s}.messages WHERE {rows} RETURNING seq"),
+            release: pair("WITH released AS (
+                    UPDATE {s}.messages SET visible_at = {now}, lease = NULL, deliveries = GREATEST(deliveries - 1, 0)
+                    WHERE {rows}
+                    RETURNING seq, queue
                 )
-                SELECT pg_notify($3, d.queue)::text FROM (SELECT DISTINCT queue FROM released) d"),
-            renew: s("UPDATE {s}.messages m SET visible_at = {now} + $3
-                FROM unnest($1::bigint[], $2::bigint[]) AS t (seq, lease)
-                WHERE m.seq = t.seq AND m.lease = t.lease"),
-            retry: s("WITH retried AS (
-                    UPDATE {s}.messages SET headers = (headers::jsonb || $3::jsonb)::text, visible_at = {now} + $4,
+                SELECT seq, pg_notify($3, queue)::text FROM released"),
+            renew: pair("UPDATE {s}.messages SET visible_at = {now} + $3 WHERE {rows} RETURNING seq, ctid::text"),
+            retry: pair("WITH retried AS (
+                    UPDATE {s}.messages SET headers = (headers::jsonb || $4::jsonb)::text, visible_at = {now} + $5,
                            lease = NULL
-                    WHERE seq = $1 AND lease = $2
+                    WHERE {row} AND seq = $2 AND lease = $3
                     RETURNING queue
                 )
-                SELECT pg_notify($5, queue)::text FROM retried"),
-            dead_letter: s("WITH moved AS (
-                    DELETE FROM {s}.messages WHERE seq = $1 AND lease = $2
+                SELECT pg_notify($6, queue)::text FROM retried"),
+            dead_letter: pair("WITH moved AS (
+                    DELETE FROM {s}.messages WHERE {row} AND seq = $2 AND lease = $3
                     RETURNING queue, message_id, headers, body
                 )
                 INSERT INTO {s}.dead_letters (queue, message_id, fingerprint, headers, body, dead_lettered_at)
-                SELECT queue, message_id, $3, (headers::jsonb || $4::jsonb)::text, body, {now} FROM moved"),
+                SELECT queue, message_id, $4, (headers::jsonb || $5::jsonb)::text, body, {now} FROM moved"),
             queues: s("WITH depth AS (
                     SELECT queue,
                            count(*) FILTER (WHERE visible_at <= {now}) AS ready,

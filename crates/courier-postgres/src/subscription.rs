@@ -11,9 +11,10 @@ use courier_core::{Delivery, RawMessage, Result, Subscription};
 use sqlx::{PgPool, Row};
 use tokio::sync::mpsc;
 
-use crate::error::{db_error, retry_once};
+use crate::error::db_error;
+use crate::reuse::Reuse;
 use crate::schema::{Sql, query_planned};
-use crate::settle::{Held, PostgresAcker, Settle};
+use crate::settle::{Held, Lease, PostgresAcker, Rows, Settle, settle_rows};
 use crate::wake::Wakers;
 
 /// The most messages one take leases.
@@ -23,7 +24,7 @@ const MAX_TAKE: usize = 1000;
 #[derive(Debug)]
 pub(crate) struct PostgresSubscription {
     pub(crate) pool: PgPool,
-    pub(crate) reuse: Arc<crate::reuse::Reuse>,
+    pub(crate) reuse: Arc<Reuse>,
     pub(crate) sql: Arc<Sql>,
     pub(crate) settler: mpsc::Sender<Settle>,
     pub(crate) wakers: Arc<Wakers>,
@@ -41,22 +42,35 @@ impl Drop for PostgresSubscription {
     }
 }
 
-/// Extends the leases of messages still being handled, so a long handler is not mistaken for a dead one.
-pub(crate) async fn renew_leases(pool: PgPool, sql: Arc<Sql>, held: Held, visibility: Duration) {
+/// Extends the leases of messages still being handled, so a long handler is not mistaken for a dead one, and
+/// records each row's new address for settling it.
+pub(crate) async fn renew_leases(reuse: Arc<Reuse>, sql: Arc<Sql>, held: Held, visibility: Duration) {
     let mut tick = tokio::time::interval(visibility / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let visibility_ms = visibility.as_millis() as i64;
     loop {
         tick.tick().await;
-        let (seqs, leases): (Vec<i64>, Vec<i64>) =
-            held.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(s, l)| (*s, *l)).unzip();
-        if seqs.is_empty() {
+        let mut rows = Rows::default();
+        for (seq, lease) in held.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            rows.push(*seq, lease);
+        }
+        if rows.is_empty() {
             continue;
         }
-        let renewed =
-            retry_once(|| query_planned(&sql.renew).bind(&seqs).bind(&leases).bind(visibility_ms).execute(&pool)).await;
-        if let Err(e) = renewed {
-            tracing::warn!(error = %e, "could not extend leases; messages may be redelivered while still handled");
+        match settle_rows(&reuse, &sql.renew, &rows, |q| q.bind(visibility_ms)).await {
+            Ok(renewed) => {
+                let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+                for row in renewed {
+                    if let (Ok(seq), Ok(at)) = (row.try_get::<i64, _>(0), row.try_get::<String, _>(1))
+                        && let Some(lease) = held.get_mut(&seq)
+                    {
+                        lease.at = at;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not extend leases; messages may be redelivered while still handled")
+            }
         }
     }
 }
@@ -77,14 +91,14 @@ fn decode_headers(text: &str) -> courier_core::Headers {
 }
 
 impl PostgresSubscription {
-    async fn take(&self, max: usize, lease: i64) -> Result<Vec<Delivery>> {
+    async fn take(&self, max: usize, token: i64) -> Result<Vec<Delivery>> {
         let visibility_ms = self.visibility.as_millis() as i64;
         let limit = max.clamp(1, MAX_TAKE) as i64;
         let rows = crate::reuse::reusing!(self.reuse, |conn| query_planned(&self.sql.take)
             .bind(&self.queue)
             .bind(limit)
             .bind(visibility_ms)
-            .bind(lease)
+            .bind(token)
             .fetch_all(conn))
         .map_err(|e| db_error(&format!("cannot take messages from '{}'", self.queue), e))?;
         let mut taken = Vec::with_capacity(rows.len());
@@ -93,14 +107,15 @@ impl PostgresSubscription {
             let headers: &str = row.try_get(1).map_err(|e| db_error("unexpected row", e))?;
             let body: Vec<u8> = row.try_get(2).map_err(|e| db_error("unexpected row", e))?;
             let deliveries: i32 = row.try_get(3).map_err(|e| db_error("unexpected row", e))?;
-            taken.push((seq, decode_headers(headers), body, deliveries));
+            let at: String = row.try_get(4).map_err(|e| db_error("unexpected row", e))?;
+            taken.push((seq, decode_headers(headers), body, deliveries, Lease { token, at }));
         }
         taken.sort_by_key(|t| t.0);
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         Ok(taken
             .into_iter()
-            .map(|(seq, headers, body, deliveries)| {
-                held.insert(seq, lease);
+            .map(|(seq, headers, body, deliveries, lease)| {
+                held.insert(seq, lease.clone());
                 let acker = PostgresAcker {
                     pool: self.pool.clone(),
                     sql: self.sql.clone(),

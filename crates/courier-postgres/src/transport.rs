@@ -271,7 +271,7 @@ impl Transport for PostgresTransport {
         let shared = &self.shared;
         let held = Arc::new(Mutex::new(HashMap::new()));
         let visibility = options.visibility_timeout.max(Duration::from_millis(100));
-        let renewer = tokio::spawn(renew_leases(shared.pool.clone(), shared.sql.clone(), held.clone(), visibility));
+        let renewer = tokio::spawn(renew_leases(shared.reuse.clone(), shared.sql.clone(), held.clone(), visibility));
         Ok(Box::new(PostgresSubscription {
             pool: shared.pool.clone(),
             reuse: shared.reuse.clone(),
