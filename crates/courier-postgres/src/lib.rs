@@ -74,14 +74,15 @@
 //! empty when autovacuum records its statistics, and a take prepared then would keep a plan that reads and sorts
 //! the whole queue once it fills again; every statement of the transport has an index to walk instead. A take
 //! updates the rows it leased by their address (`ctid`), so no index choice is left to such statistics there. The
-//! statements that read `messages` by queue or by sequence number (take, ack, release, lease renewal, retry,
-//! dead-lettering, the idle look) are not prepared but planned at each execution, with the table's size then:
-//! prepared while the table was empty, the settling statements kept plans that read the whole primary-key index
-//! for every batch, or the whole queue index to find one row (`tests/plans.rs`). Each costs one more round trip
-//! (the statement is described before it runs) and is run once per batch; on one machine the bench measured no
-//! difference. Not covered yet: when a vacuum cannot remove the drained table's dead rows (another session holds an
-//! old snapshot), the statistics say "no rows" while the pages remain, and plans made at each execution are as
-//! blind as cached ones until autoanalyze counts the rows again.
+//! statements that read `messages` by queue (take, the idle look) are not prepared but planned at each execution,
+//! with the table's size then. The statements that settle deliveries (ack, release, lease renewal, retry,
+//! dead-lettering) find their rows by the address the take, or the last lease renewal, returned: a TID scan, the
+//! one plan left on these connections whatever the statistics say. Matched by `seq`, they read the whole
+//! primary-key index for every batch, or walked the whole queue index to find one row, when plans were kept from
+//! an empty table, and even planned at each execution when a vacuum could not remove a drained table's rows
+//! (another session's old snapshot kept them: the statistics then say "no rows" while the pages remain; seen in
+//! CI). `tests/plans.rs` reproduces both and checks the plans. A row that moved since its address was learned
+//! (`VACUUM FULL`, a repack, a hand-made update) is still settled, found by `seq`.
 //!
 //! # Sizing the server
 //!
@@ -140,6 +141,13 @@ pub use outbox::{PgOutbox, PgOutboxTransaction};
 pub use saga::PgSagaStore;
 pub use sqlx;
 pub use transport::PostgresTransport;
+
+/// The statements that read a schema's `messages` table while settling deliveries (by address) or idling, by
+/// name, as the transport runs them: for the test that checks PostgreSQL's plans for them (`tests/plans.rs`).
+#[doc(hidden)]
+pub fn settling_statements(schema: &str) -> Vec<(&'static str, String)> {
+    schema::Sql::new(schema).settling().into_iter().map(|(name, stmt)| (name, stmt.to_string())).collect()
+}
 
 /// Connects `postgres://` and `postgresql://` URLs (see the [crate docs](crate) for the parameters).
 ///

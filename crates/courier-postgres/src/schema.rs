@@ -193,26 +193,32 @@ impl Sql {
             // (an aggregate was planned as a read of the whole queue).
             next_visible: s("SELECT visible_at - {now} FROM {s}.messages WHERE queue = $1 ORDER BY visible_at LIMIT 1"),
             ack: pair("DELETE FROM {s}.messages WHERE {rows} RETURNING seq"),
-            release: pair("WITH released AS (
+            release: pair(
+                "WITH released AS (
                     UPDATE {s}.messages SET visible_at = {now}, lease = NULL, deliveries = GREATEST(deliveries - 1, 0)
                     WHERE {rows}
                     RETURNING seq, queue
                 )
-                SELECT seq, pg_notify($3, queue)::text FROM released"),
+                SELECT seq, pg_notify($3, queue)::text FROM released",
+            ),
             renew: pair("UPDATE {s}.messages SET visible_at = {now} + $3 WHERE {rows} RETURNING seq, ctid::text"),
-            retry: pair("WITH retried AS (
+            retry: pair(
+                "WITH retried AS (
                     UPDATE {s}.messages SET headers = (headers::jsonb || $4::jsonb)::text, visible_at = {now} + $5,
                            lease = NULL
                     WHERE {row} AND seq = $2 AND lease = $3
                     RETURNING queue
                 )
-                SELECT pg_notify($6, queue)::text FROM retried"),
-            dead_letter: pair("WITH moved AS (
+                SELECT pg_notify($6, queue)::text FROM retried",
+            ),
+            dead_letter: pair(
+                "WITH moved AS (
                     DELETE FROM {s}.messages WHERE {row} AND seq = $2 AND lease = $3
                     RETURNING queue, message_id, headers, body
                 )
                 INSERT INTO {s}.dead_letters (queue, message_id, fingerprint, headers, body, dead_lettered_at)
-                SELECT queue, message_id, $4, (headers::jsonb || $5::jsonb)::text, body, {now} FROM moved"),
+                SELECT queue, message_id, $4, (headers::jsonb || $5::jsonb)::text, body, {now} FROM moved",
+            ),
             queues: s("WITH depth AS (
                     SELECT queue,
                            count(*) FILTER (WHERE visible_at <= {now}) AS ready,
@@ -226,7 +232,9 @@ impl Sql {
                        COALESCE(x.dead, 0)
                 FROM {s}.queues q LEFT JOIN depth d ON d.queue = q.name LEFT JOIN dead x ON x.queue = q.name
                 ORDER BY q.name"),
-            replay_select: s("SELECT queue, message_id, headers, body FROM {s}.dead_letters WHERE entry = $1 FOR UPDATE"),
+            replay_select: s(
+                "SELECT queue, message_id, headers, body FROM {s}.dead_letters WHERE entry = $1 FOR UPDATE",
+            ),
             replay_insert: s("WITH declared AS (
                     INSERT INTO {s}.queues (name, created_at) VALUES ($1, {now}) ON CONFLICT DO NOTHING
                 )
@@ -243,6 +251,19 @@ impl Sql {
                      SELECT entry FROM {{s}}.dead_letters WHERE {filter} ORDER BY entry LIMIT $4)"
             )),
         }
+    }
+
+    /// The statements that read `messages` while settling by address or idling, by name (see
+    /// [`settling_statements`](crate::settling_statements)).
+    pub(crate) fn settling(&self) -> Vec<(&'static str, Stmt)> {
+        vec![
+            ("ack", self.ack.at.clone()),
+            ("release", self.release.at.clone()),
+            ("renew", self.renew.at.clone()),
+            ("retry", self.retry.at.clone()),
+            ("dead_letter", self.dead_letter.at.clone()),
+            ("next_visible", self.next_visible.clone()),
+        ]
     }
 
     /// Creates the schema and tables if missing. Serialised by an advisory lock, so many transports connecting at

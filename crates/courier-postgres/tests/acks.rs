@@ -62,3 +62,68 @@ async fn flush_waits_for_queued_acks() {
     transport.drop_schema().await.unwrap();
     assert_eq!(left, 0, "every acked message is deleted once flush returns");
 }
+
+/// Rows are settled by the address their take (or last lease renewal) returned. A row that moved since (updated
+/// by someone else, as `VACUUM FULL` or a repack would move it) is still settled, found by its sequence number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settles_find_rows_that_moved() {
+    if !POSTGRES.require() {
+        return;
+    }
+    let schema = common::unique("courier_moved");
+    let transport = common::transport(&schema, "courier_moved").await;
+    let queue = "moved";
+    for n in 0..4 {
+        let raw = Envelope::for_message("test", &Note { n }).unwrap().into_raw();
+        transport.send(queue, raw, None).await.unwrap();
+    }
+    let mut subscription = transport.subscribe(queue, SubscriptionOptions::default()).await.unwrap();
+    let mut deliveries = Vec::new();
+    while deliveries.len() < 4 {
+        deliveries.extend(subscription.next_batch(4).await.unwrap());
+    }
+    let sql = |statement: &str| statement.replace("{m}", &format!("\"{schema}\".messages"));
+    let moved = common::execute(&sql("UPDATE {m} SET headers = headers")).await;
+    assert_eq!(moved, 4, "every row has a new address");
+    let mut deliveries = deliveries.into_iter();
+    let (acked, released, retried, dead) = (
+        deliveries.next().unwrap(),
+        deliveries.next().unwrap(),
+        deliveries.next().unwrap(),
+        deliveries.next().unwrap(),
+    );
+    acked.ack().await.unwrap();
+    released.release().await.unwrap();
+    retried.retry(std::time::Duration::from_secs(3600), Default::default()).await.unwrap();
+    dead.dead_letter(Default::default()).await.unwrap();
+    transport.flush().await.unwrap();
+    let count = |condition: &str| {
+        let statement = sql(&format!("SELECT count(*) FROM {{m}} WHERE {condition}"));
+        let pool = transport.pool().clone();
+        async move {
+            let n: i64 = courier_postgres::sqlx::query_scalar(courier_postgres::sqlx::AssertSqlSafe(statement))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            n
+        }
+    };
+    let (rows, released_rows, delayed_rows) = (
+        count("true").await,
+        count("lease IS NULL AND visible_at <= floor(extract(epoch FROM now()) * 1000)").await,
+        count("lease IS NULL AND visible_at > floor(extract(epoch FROM now()) * 1000) + 3000000").await,
+    );
+    let dead_letters: i64 = courier_postgres::sqlx::query_scalar(courier_postgres::sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM \"{schema}\".dead_letters"
+    )))
+    .fetch_one(transport.pool())
+    .await
+    .unwrap();
+    drop(subscription);
+    transport.drop_schema().await.unwrap();
+    assert_eq!(
+        (rows, released_rows, delayed_rows, dead_letters),
+        (2, 1, 1, 1),
+        "acked, released, retried, dead-lettered"
+    );
+}
