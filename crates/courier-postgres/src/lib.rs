@@ -74,15 +74,17 @@
 //! empty when autovacuum records its statistics, and a take prepared then would keep a plan that reads and sorts
 //! the whole queue once it fills again; every statement of the transport has an index to walk instead. A take
 //! updates the rows it leased by their address (`ctid`), so no index choice is left to such statistics there. The
-//! statements that read `messages` by queue (take, the idle look) are not prepared but planned at each execution,
-//! with the table's size then. The statements that settle deliveries (ack, release, lease renewal, retry,
-//! dead-lettering) find their rows by the address the take, or the last lease renewal, returned: a TID scan, the
-//! one plan left on these connections whatever the statistics say. Matched by `seq`, they read the whole
-//! primary-key index for every batch, or walked the whole queue index to find one row, when plans were kept from
-//! an empty table, and even planned at each execution when a vacuum could not remove a drained table's rows
-//! (another session's old snapshot kept them: the statistics then say "no rows" while the pages remain; seen in
-//! CI). `tests/plans.rs` reproduces both and checks the plans. A row that moved since its address was learned
-//! (`VACUUM FULL`, a repack, a hand-made update) is still settled, found by `seq`.
+//! statements that read `messages` (take, the idle look, and those that settle deliveries) are not prepared but
+//! planned at each execution, with the table's size and the arguments then. The statements that settle deliveries
+//! (ack, release, lease renewal, retry, dead-lettering) find their rows by the address the take, or the last lease
+//! renewal, returned: a TID scan, the one plan left on these connections whatever the statistics say. Matched by
+//! `seq`, they read the whole primary-key index for every batch, or walked the whole queue index to find one row,
+//! when plans were kept from an empty table, and even planned at each execution when a vacuum could not remove a
+//! drained table's rows (another session's old snapshot kept them: the statistics then say "no rows" while the
+//! pages remain; seen in CI). `tests/plans.rs` reproduces both and checks the plans. Rows not found at their
+//! address are still settled, looked for by `seq`, and that statement can still meet such statistics: it runs for
+//! a settle that raced a lease renewal (about once per renewal, every third of the visibility timeout), an expired
+//! lease, or rows moved by `VACUUM FULL` or a repack.
 //!
 //! # Sizing the server
 //!

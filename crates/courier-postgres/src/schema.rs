@@ -68,10 +68,11 @@ pub(crate) fn query(stmt: &Stmt) -> Query<'static, Postgres, PgArguments> {
 /// moment, rather than prepared once.
 ///
 /// A queue table is often empty when a connection first runs a statement, or when (auto)vacuum has just recorded
-/// it as empty, and a plan cached then stays while the table fills: the settling statements kept plans that read
-/// the whole primary-key index for every batch, or walked the whole queue index to find one row by `seq`
-/// (`tests/plans.rs`). An unprepared statement costs one more round trip (sqlx describes it before running it) and
-/// its planning; these run once per batch of messages, or for a failed handling, and the bench on one machine
+/// it as empty, and a plan cached then stays while the table fills: the settling statements, when they matched
+/// rows by `seq`, kept plans that read the whole primary-key index for every batch, or walked the whole queue index
+/// to find one row (`tests/plans.rs`). They now match by address, which any plan does well, but keep being planned
+/// at each execution for the hashed key lookup (see [`ROWS_AT`]). An unprepared statement costs one more round
+/// trip (sqlx describes it before running it) and its planning; these run once per batch of messages, or for a failed handling, and the bench on one machine
 /// measured no difference. The other way to get plans made at each execution, `plan_cache_mode =
 /// force_custom_plan` on the transport's connections, plans every publish batch too: 3-6 us more server CPU a
 /// message and 3-7% less throughput in three A/B pairs, so not taken.
@@ -89,7 +90,12 @@ pub(crate) fn query_planned(stmt: &Stmt) -> Query<'static, Postgres, PgArguments
 /// both cheap for a table believed empty. By address, with no join and no indexed column in the condition, the
 /// only plan that is not disabled on the transport's connections (`enable_seqscan` and `enable_bitmapscan` off)
 /// is the TID scan, which reads exactly the rows named (`tests/plans.rs`). The key (`seq:lease`) is compared as
-/// one value, which PostgreSQL looks up in a hash of the batch's keys.
+/// one value; planned at each execution, as these statements are, PostgreSQL (14 and later) looks it up in a hash
+/// of the batch's keys once they are 9 or more, where a prepared plan would compare each row with every key.
+///
+/// The rows not found by address are looked for by `seq` ([`ROWS_BY_SEQ`]), and that statement can still meet such
+/// statistics and walk an index. It runs only for rows that moved: a settle that raced a lease renewal (so about
+/// once per renewal, every third of the visibility timeout), an expired lease, a `VACUUM FULL` or repack.
 const ROWS_AT: &str = "ctid = ANY($1::text[]::tid[]) AND seq::text || ':' || lease::text = ANY($2::text[])";
 /// The rows of a settling batch found by sequence number, for those whose address changed.
 const ROWS_BY_SEQ: &str = "seq = ANY($1::bigint[]) AND seq::text || ':' || lease::text = ANY($2::text[])";
@@ -99,6 +105,8 @@ const ROWS_BY_SEQ: &str = "seq = ANY($1::bigint[]) AND seq::text || ':' || lease
 pub(crate) struct Pair {
     pub(crate) at: Stmt,
     pub(crate) seq: Stmt,
+    /// How many rows were looked for by seq, not having been found at their address.
+    pub(crate) by_seq: std::sync::atomic::AtomicU64,
 }
 
 /// The statements of one schema, built once per transport.
@@ -129,11 +137,11 @@ pub(crate) struct Sql {
     pub(crate) ack: Pair,
     /// `$3` channel.
     pub(crate) release: Pair,
-    /// `$3` visibility ms. Also returns each row's new address.
+    /// `$3` visibility ms. Also returns each row's new address and its lease.
     pub(crate) renew: Pair,
-    /// `$1` address or seq, `$2` seq, `$3` lease, `$4` annotations (JSON object), `$5` delay ms, `$6` channel.
+    /// One message: `$3` annotations (JSON object), `$4` delay ms, `$5` channel.
     pub(crate) retry: Pair,
-    /// `$1` address or seq, `$2` seq, `$3` lease, `$4` fingerprint, `$5` annotations (JSON object).
+    /// One message: `$3` fingerprint, `$4` annotations (JSON object).
     pub(crate) dead_letter: Pair,
     pub(crate) queues: Stmt,
     pub(crate) replay_select: Stmt,
@@ -151,10 +159,11 @@ impl Sql {
     pub(crate) fn new(schema: &str) -> Self {
         let s =
             |template: &str| -> Stmt { template.replace("{s}", &format!("\"{schema}\"")).replace("{now}", NOW).into() };
-        // A settling statement by address or by seq (see `Pair`): `{rows}` for a batch, `{row}` for one message.
+        // A settling statement by address and by seq (see `Pair`).
         let pair = |template: &str| Pair {
-            at: s(&template.replace("{rows}", ROWS_AT).replace("{row}", "ctid = $1::text::tid")),
-            seq: s(&template.replace("{rows}", ROWS_BY_SEQ).replace("{row}", "seq = $1")),
+            by_seq: Default::default(),
+            at: s(&template.replace("{rows}", ROWS_AT)),
+            seq: s(&template.replace("{rows}", ROWS_BY_SEQ)),
         };
         let filter = "($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR fingerprint = $2)
                       AND ($3::bigint[] IS NULL OR entry = ANY($3))";
@@ -201,23 +210,27 @@ impl Sql {
                 )
                 SELECT seq, pg_notify($3, queue)::text FROM released",
             ),
-            renew: pair("UPDATE {s}.messages SET visible_at = {now} + $3 WHERE {rows} RETURNING seq, ctid::text"),
+            renew: pair(
+                "UPDATE {s}.messages SET visible_at = {now} + $3 WHERE {rows} RETURNING seq, ctid::text, lease",
+            ),
             retry: pair(
                 "WITH retried AS (
-                    UPDATE {s}.messages SET headers = (headers::jsonb || $4::jsonb)::text, visible_at = {now} + $5,
+                    UPDATE {s}.messages SET headers = (headers::jsonb || $3::jsonb)::text, visible_at = {now} + $4,
                            lease = NULL
-                    WHERE {row} AND seq = $2 AND lease = $3
-                    RETURNING queue
+                    WHERE {rows}
+                    RETURNING seq, queue
                 )
-                SELECT pg_notify($6, queue)::text FROM retried",
+                SELECT seq, pg_notify($5, queue)::text FROM retried",
             ),
             dead_letter: pair(
                 "WITH moved AS (
-                    DELETE FROM {s}.messages WHERE {row} AND seq = $2 AND lease = $3
-                    RETURNING queue, message_id, headers, body
+                    DELETE FROM {s}.messages WHERE {rows}
+                    RETURNING seq, queue, message_id, headers, body
+                ), stored AS (
+                    INSERT INTO {s}.dead_letters (queue, message_id, fingerprint, headers, body, dead_lettered_at)
+                    SELECT queue, message_id, $3, (headers::jsonb || $4::jsonb)::text, body, {now} FROM moved
                 )
-                INSERT INTO {s}.dead_letters (queue, message_id, fingerprint, headers, body, dead_lettered_at)
-                SELECT queue, message_id, $4, (headers::jsonb || $5::jsonb)::text, body, {now} FROM moved",
+                SELECT seq FROM moved",
             ),
             queues: s("WITH depth AS (
                     SELECT queue,

@@ -57,20 +57,24 @@ pub(crate) async fn renew_leases(reuse: Arc<Reuse>, sql: Arc<Sql>, held: Held, v
         if rows.is_empty() {
             continue;
         }
-        match settle_rows(&reuse, &sql.renew, &rows, |q| q.bind(visibility_ms)).await {
-            Ok(renewed) => {
-                let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
-                for row in renewed {
-                    if let (Ok(seq), Ok(at)) = (row.try_get::<i64, _>(0), row.try_get::<String, _>(1))
-                        && let Some(lease) = held.get_mut(&seq)
-                    {
-                        lease.at = at;
-                    }
-                }
+        // Rows settled or taken again while the renewal ran are not looked for by seq.
+        let still_held = |seq, token| {
+            held.lock().unwrap_or_else(|p| p.into_inner()).get(&seq).is_some_and(|lease| lease.token == token)
+        };
+        let renewed = settle_rows(&reuse, &sql.renew, &rows, still_held, |q| q.bind(visibility_ms)).await;
+        let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+        for row in renewed.rows {
+            let (Ok(seq), Ok(at), Ok(token)) =
+                (row.try_get::<i64, _>(0), row.try_get::<String, _>(1), row.try_get::<i64, _>(2))
+            else {
+                continue;
+            };
+            if let Some(lease) = held.get_mut(&seq).filter(|lease| lease.token == token) {
+                lease.at = at;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not extend leases; messages may be redelivered while still handled")
-            }
+        }
+        if let Err(e) = renewed.result {
+            tracing::warn!(error = %e, "could not extend leases; messages may be redelivered while still handled");
         }
     }
 }
@@ -117,7 +121,7 @@ impl PostgresSubscription {
             .map(|(seq, headers, body, deliveries, lease)| {
                 held.insert(seq, lease.clone());
                 let acker = PostgresAcker {
-                    pool: self.pool.clone(),
+                    reuse: self.reuse.clone(),
                     sql: self.sql.clone(),
                     settler: self.settler.clone(),
                     seq,

@@ -127,3 +127,50 @@ async fn settles_find_rows_that_moved() {
         "acked, released, retried, dead-lettered"
     );
 }
+
+/// Deliveries whose lease ran out, and whose message this same subscription took again, settle nothing: the
+/// newest delivery keeps the message (and its lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_delivery_does_not_settle_a_newer_lease() {
+    if !POSTGRES.require() {
+        return;
+    }
+    let schema = common::unique("courier_stale");
+    let transport = common::transport(&schema, "courier_stale").await;
+    let queue = "stale";
+    let raw = Envelope::for_message("test", &Note { n: 1 }).unwrap().into_raw();
+    transport.send(queue, raw, None).await.unwrap();
+    let mut subscription = transport.subscribe(queue, SubscriptionOptions::default()).await.unwrap();
+    let expire = format!("UPDATE \"{schema}\".messages SET visible_at = 0");
+    let mut deliveries = Vec::new();
+    for _ in 0..3 {
+        // The lease runs out (as when renewals could not reach the server) and the message is taken again.
+        common::execute(&expire).await;
+        deliveries.push(subscription.next_batch(1).await.unwrap().pop().unwrap());
+    }
+    let (newest, second, first) = (deliveries.pop().unwrap(), deliveries.pop().unwrap(), deliveries.pop().unwrap());
+    let leases = || {
+        let (pool, statement) = (transport.pool().clone(), format!("SELECT lease FROM \"{schema}\".messages"));
+        async move {
+            let leases: Vec<Option<i64>> =
+                courier_postgres::sqlx::query_scalar(courier_postgres::sqlx::AssertSqlSafe(statement))
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            leases
+        }
+    };
+    let newest_lease = leases().await;
+    first.ack().await.unwrap();
+    second.release().await.unwrap();
+    transport.flush().await.unwrap();
+    let after_stale = leases().await;
+    newest.ack().await.unwrap();
+    transport.flush().await.unwrap();
+    let at_end = leases().await;
+    drop(subscription);
+    transport.drop_schema().await.unwrap();
+    assert!(matches!(newest_lease.as_slice(), [Some(_)]), "{newest_lease:?}");
+    assert_eq!(after_stale, newest_lease, "the stale ack and release left the newest delivery's lease alone");
+    assert!(at_end.is_empty(), "the newest delivery's own ack removes the message");
+}

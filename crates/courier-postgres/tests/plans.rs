@@ -110,15 +110,16 @@ async fn takes_use_the_index_after_a_vacuum_of_an_empty_queue_table() {
 }
 
 /// Arguments to explain each of [`courier_postgres::settling_statements`] with.
-fn arguments(name: &str) -> &'static str {
+fn arguments(name: &str) -> String {
     let rows = r#"'{"(0,1)","(0,2)","(0,3)"}', '{"1:7","2:7","3:7"}'"#;
+    let row = r#"'{"(0,1)"}', '{"1:7"}'"#;
     match name {
-        "ack" => Box::leak(format!("({rows})").into_boxed_str()),
-        "release" => Box::leak(format!("({rows}, 'wake')").into_boxed_str()),
-        "renew" => Box::leak(format!("({rows}, 1000)").into_boxed_str()),
-        "retry" => "('(0,1)', 1, 7, '{}', 1000, 'wake')",
-        "dead_letter" => "('(0,1)', 1, 7, 'fingerprint', '{}')",
-        "next_visible" => "('plans')",
+        "ack" => format!("({rows})"),
+        "release" => format!("({rows}, 'wake')"),
+        "renew" => format!("({rows}, 1000)"),
+        "retry" => format!("({row}, '{{}}', 1000, 'wake')"),
+        "dead_letter" => format!("({row}, 'fingerprint', '{{}}')"),
+        "next_visible" => "('plans')".to_owned(),
         other => panic!("no arguments for {other}"),
     }
 }
@@ -179,7 +180,7 @@ fn reads_only_its_rows(name: &str, plan: &str) -> bool {
 }
 
 /// Only one of these tests at a time: one holds an old snapshot, which keeps the other's vacuum from emptying its
-/// table.
+/// table. (For a few seconds it holds back every vacuum of this database, other processes' included.)
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The statements that settle deliveries find their rows by address and read only those, however stale the
