@@ -50,7 +50,8 @@ pub(crate) async fn run_endpoint(
     // wait for them; `abort` stops handlers still running when the shutdown timeout ends. A `JoinSet` did the same
     // with a lock and a wake of this loop for every task that ended.
     let tasks = TaskTracker::new();
-    let abort = CancellationToken::new();
+    // In an `Arc`: cloning a `CancellationToken` for every handling takes a lock, cloning an `Arc` does not.
+    let abort = Arc::new(CancellationToken::new());
     let mut failures = 0u32;
     // Deliveries still to hand straight to tasks after handlers' first polls ran long (see `INLINE_LIMIT`), and
     // how many first polls in a row did.
@@ -228,7 +229,7 @@ async fn process(
         let failure = Failure { reason: "expired", kind: "expired", handler: "-", error: "message expired".into() };
         return Box::pin(dead_letter(bus, queue, delivery, Some(envelope), failure)).await;
     }
-    let Some(registered) = endpoint.handlers.get(&envelope.message_type).cloned() else {
+    let Some(registered) = endpoint.handlers.get(&envelope.message_type) else {
         let error = format!(
             "no handler for message type '{}' on queue '{queue}'; register one with .consume(...) or stop sending it here",
             envelope.message_type
