@@ -153,17 +153,30 @@ impl Plan {
 }
 
 impl Plan {
-    /// The latency scenarios at a fixed rate for round `round` (from 0), in the order they run: the raw client's
-    /// (`raw-rate`) and Courier's (`courier-rate`), the other way round every second round; none unless the plan
-    /// runs `rate`. Each round's p99 ratio is reported and their median, as for throughput: one p99 of a few
-    /// seconds moves by a third with a single stall of the machine.
+    /// The latency scenarios at a fixed rate for round `round` (from 0), in the order they run: the plain raw
+    /// client's (`raw-rate`), the raw client doing the contract's work (`contract-rate`, where the bench has it) and
+    /// Courier's (`courier-rate`), each round starting one later; none unless the plan runs `rate`. Each round's
+    /// p99 ratio is reported and their median, as for throughput: one p99 of a few seconds moves by a third with a
+    /// single stall of the machine.
     pub fn rate_order(&self, round: usize) -> Vec<&'static str> {
-        match (self.runs("rate"), round % 2) {
-            (false, _) => Vec::new(),
-            (true, 0) => vec!["raw-rate", "courier-rate"],
-            (true, _) => vec!["courier-rate", "raw-rate"],
+        if !self.runs("rate") {
+            return Vec::new();
         }
+        let mut keys = vec!["raw-rate", "contract-rate", "courier-rate"];
+        let turn = round % keys.len();
+        keys.rotate_left(turn);
+        keys
     }
+}
+
+/// Which raw client a latency row at a fixed rate runs (see [`latency_rounds`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateBaseline {
+    /// The raw client moving a plain body.
+    Plain,
+    /// The raw client doing the work of Courier's contract (metadata, JSON), as in the throughput scenario
+    /// `contract`.
+    Contract,
 }
 
 /// The keys of the throughput scenarios every engine bench runs: the plain raw client, the raw client doing the
@@ -247,12 +260,18 @@ impl Table {
         self.throughput_ratio("Courier / raw doing the contract's work", "courier", "contract");
         self.throughput_ratio("Courier / its transport alone", "courier", "alone");
         self.p99_ratio(&format!("Courier / raw p99 at {rate} msg/s (target <= 1.5)"), "courier-rate", "raw-rate");
+        self.p99_ratio(
+            &format!("Courier / raw doing the contract's work, p99 at {rate} msg/s"),
+            "courier-rate",
+            "contract-rate",
+        );
     }
 }
 
-/// Runs the latency pairs at a fixed rate of an engine bench, one a round in [`Plan::rate_order`]: `raw(round)`
-/// for the raw client (key `raw-rate`) and [`bus_latency_at_rate`] named `scenario` for Courier (`courier-rate`),
-/// at `rate` msg/s for `seconds`; adds their rows to `table`.
+/// Runs the latency rows at a fixed rate of an engine bench, one of each a round in [`Plan::rate_order`]:
+/// `raw(round, baseline)` for the raw client, plain (key `raw-rate`) and doing the contract's work
+/// (`contract-rate`; a bench without that baseline at a rate returns `None`), and [`bus_latency_at_rate`] named
+/// `scenario` for Courier (`courier-rate`), at `rate` msg/s for `seconds`; adds their rows to `table`.
 #[allow(clippy::too_many_arguments)]
 pub async fn latency_rounds<F, Fut>(
     plan: &Plan,
@@ -264,18 +283,23 @@ pub async fn latency_rounds<F, Fut>(
     payload_size: usize,
     mut raw: F,
 ) where
-    F: FnMut(usize) -> Fut,
-    Fut: std::future::Future<Output = Figures>,
+    F: FnMut(usize, RateBaseline) -> Fut,
+    Fut: std::future::Future<Output = Option<Figures>>,
 {
     for round in 0..plan.rounds {
         for key in plan.rate_order(round) {
-            let figures = if key == "raw-rate" {
-                raw(round).await
-            } else {
-                let run = bus_latency_at_rate(scenario, engine, rate, seconds, payload_size);
-                run.await.expect("Courier latency at rate")
+            let figures = match key {
+                "raw-rate" => raw(round, RateBaseline::Plain).await,
+                "contract-rate" => raw(round, RateBaseline::Contract).await,
+                _ => Some(
+                    bus_latency_at_rate(scenario, engine, rate, seconds, payload_size)
+                        .await
+                        .expect("Courier latency at rate"),
+                ),
             };
-            table.add(key, figures);
+            if let Some(figures) = figures {
+                table.add(key, figures);
+            }
         }
     }
 }
@@ -795,8 +819,9 @@ mod tests {
         assert_eq!(some.order(1), ["courier", "contract"]);
         assert_eq!(some.order(2), ["contract", "courier"]);
         assert!(some.rate_order(0).is_empty());
-        assert_eq!(all.rate_order(0), ["raw-rate", "courier-rate"]);
-        assert_eq!(all.rate_order(1), ["courier-rate", "raw-rate"]);
+        assert_eq!(all.rate_order(0), ["raw-rate", "contract-rate", "courier-rate"]);
+        assert_eq!(all.rate_order(1), ["contract-rate", "courier-rate", "raw-rate"]);
+        assert_eq!(all.rate_order(2), ["courier-rate", "raw-rate", "contract-rate"]);
     }
 
     #[test]

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
 use courier_bench::{
-    BenchMessage, CpuMeter, Figures, Plan, Table, bus_throughput, courier_scenario, latency_rounds, payload,
+    BenchMessage, CpuMeter, Figures, Plan, RateBaseline, Table, bus_throughput, courier_scenario, latency_rounds,
+    payload,
 };
 
 const SERVER: Option<&str> = Some("nats-server");
@@ -216,10 +217,16 @@ fn main() {
         let rate_messages = (RATE as f64 * RATE_SECONDS) as u64;
         let (raw_scenario, scenario) =
             (format!("raw async-nats at {RATE} msg/s"), format!("Courier on NATS at {RATE} msg/s"));
-        latency_rounds(&plan, &mut table, &engine, &scenario, RATE, RATE_SECONDS, PAYLOAD, |round| {
-            let (client, raw_scenario, name) =
-                (client.clone(), &raw_scenario, format!("courier_bench_rawr{round}_{id}"));
-            async move { raw(raw_scenario, client, &name, rate_messages, Some(RATE), Work::Plain).await }
+        let contract_scenario = format!("raw async-nats at {RATE} msg/s, the contract's work");
+        latency_rounds(&plan, &mut table, &engine, &scenario, RATE, RATE_SECONDS, PAYLOAD, |round, baseline| {
+            let (scenario, work, name) = match baseline {
+                RateBaseline::Plain => (&raw_scenario, Work::Plain, format!("courier_bench_rawr{round}_{id}")),
+                RateBaseline::Contract => {
+                    (&contract_scenario, Work::Contract, format!("courier_bench_rawcr{round}_{id}"))
+                }
+            };
+            let client = client.clone();
+            async move { Some(raw(scenario, client, &name, rate_messages, Some(RATE), work).await) }
         })
         .await;
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use courier_bench::{BenchMessage, CpuMeter, Figures, Plan, Table, courier_scenario, latency_rounds};
+use courier_bench::{BenchMessage, CpuMeter, Figures, Plan, RateBaseline, Table, courier_scenario, latency_rounds};
 
 const SERVER: Option<&str> = Some("beam.smp");
 use courier_rabbitmq::{RabbitMqOptions, RabbitMqTransport};
@@ -217,8 +217,14 @@ fn main() {
         }
         let rate_messages = (RATE as f64 * RATE_SECONDS) as u64;
         let scenario = "Courier bus at 5,000 msg/s";
-        latency_rounds(&plan, &mut table, &engine, scenario, RATE, RATE_SECONDS, PAYLOAD, |_| {
-            raw(&raw_url, "raw lapin at 5,000 msg/s (baseline)", rate_messages, Some(RATE), Work::Plain)
+        let contract = "raw lapin at 5,000 msg/s, the contract's work";
+        latency_rounds(&plan, &mut table, &engine, scenario, RATE, RATE_SECONDS, PAYLOAD, |_, baseline| {
+            let (name, work) = match baseline {
+                RateBaseline::Plain => ("raw lapin at 5,000 msg/s (baseline)", Work::Plain),
+                RateBaseline::Contract => (contract, Work::Contract),
+            };
+            let raw_url = &raw_url;
+            async move { Some(raw(raw_url, name, rate_messages, Some(RATE), work).await) }
         })
         .await;
 

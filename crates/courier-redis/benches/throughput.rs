@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use courier_bench::{BenchMessage, CpuMeter, Figures, Plan, Table, courier_scenario, latency_rounds, payload};
+use courier_bench::{
+    BenchMessage, CpuMeter, Figures, Plan, RateBaseline, Table, courier_scenario, latency_rounds, payload,
+};
 
 const SERVER: Option<&str> = Some("redis-server");
 use courier_redis::{RedisOptions, RedisTransport};
@@ -289,9 +291,10 @@ fn main() {
             }
         }
         let scenario = format!("Courier Redis transport at {RATE} msg/s");
-        latency_rounds(&plan, &mut table, &engine, &scenario, RATE, 5.0, PAYLOAD, |round| {
-            let (client, key) = (&client, format!("{prefix}:rate{round}"));
-            async move { raw(client, &key, RATE * 5, Some(RATE)).await }
+        // The contract's work at a rate is not written for Redis yet: the plain client only.
+        latency_rounds(&plan, &mut table, &engine, &scenario, RATE, 5.0, PAYLOAD, |round, baseline| {
+            let (client, key, plain) = (&client, format!("{prefix}:rate{round}"), baseline == RateBaseline::Plain);
+            async move { if plain { Some(raw(client, &key, RATE * 5, Some(RATE)).await) } else { None } }
         })
         .await;
         table
