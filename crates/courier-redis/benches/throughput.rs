@@ -181,7 +181,7 @@ async fn raw(client: &redis::Client, key: &str, messages: u64, rate: Option<u64>
 /// JSON-encoded body; the consumer decodes both and, per batch, acknowledges and deletes the entries atomically
 /// (`MULTI` / `XACK` / `XDEL` / `EXEC`), so the stream does not grow. Shown next to the plain baseline: the gap
 /// between the two is the price of the contract, whoever pays it.
-async fn raw_equal_work(client: &redis::Client, key: &str, messages: u64) -> Figures {
+async fn raw_equal_work(client: &redis::Client, key: &str, messages: u64, rate: Option<u64>) -> Figures {
     let mut admin = with_group(client, key).await;
     let body = payload(PAYLOAD);
     let handle = |reply: redis::streams::StreamReadReply, latency: &mut Histogram<u64>| {
@@ -221,16 +221,15 @@ async fn raw_equal_work(client: &redis::Client, key: &str, messages: u64) -> Fig
         xadd.arg(key).arg("*").arg("h").arg(headers.to_string()).arg("b").arg(encoded);
         xadd
     };
-    produce(conn(client).await, key, messages, None, start, entry).await;
+    produce(conn(client).await, key, messages, rate, start, entry).await;
     let latency = consumer.await.expect("consumer");
     let elapsed = start.elapsed();
     let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(key).query_async(&mut admin).await;
-    figures(
-        &format!("raw Redis Streams, {IN_FLIGHT} in flight, the contract's work (metadata, JSON, XACK+XDEL)"),
-        messages,
-        elapsed,
-        &latency,
-    )
+    let scenario = match rate {
+        None => format!("raw Redis Streams, {IN_FLIGHT} in flight, the contract's work (metadata, JSON, XACK+XDEL)"),
+        Some(r) => format!("raw Redis Streams at {r} msg/s, the contract's work"),
+    };
+    figures(&scenario, messages, elapsed, &latency)
 }
 
 fn figures(scenario: &str, messages: u64, elapsed: Duration, latency: &Histogram<u64>) -> Figures {
@@ -281,7 +280,7 @@ fn main() {
                     }
                     "contract" => {
                         let stream = key("eq");
-                        let run = raw_equal_work(&client, &stream, messages);
+                        let run = raw_equal_work(&client, &stream, messages, None);
                         table.add("contract", CpuMeter::measure(SERVER, run).await);
                     }
                     other => {
@@ -291,10 +290,15 @@ fn main() {
             }
         }
         let scenario = format!("Courier Redis transport at {RATE} msg/s");
-        // The contract's work at a rate is not written for Redis yet: the plain client only.
         latency_rounds(&plan, &mut table, &engine, &scenario, RATE, 5.0, PAYLOAD, |round, baseline| {
-            let (client, key, plain) = (&client, format!("{prefix}:rate{round}"), baseline == RateBaseline::Plain);
-            async move { if plain { Some(raw(client, &key, RATE * 5, Some(RATE)).await) } else { None } }
+            let client = &client;
+            let (plain, contract) = (format!("{prefix}:rate{round}"), format!("{prefix}:ratec{round}"));
+            async move {
+                Some(match baseline {
+                    RateBaseline::Plain => raw(client, &plain, RATE * 5, Some(RATE)).await,
+                    RateBaseline::Contract => raw_equal_work(client, &contract, RATE * 5, Some(RATE)).await,
+                })
+            }
         })
         .await;
         table
