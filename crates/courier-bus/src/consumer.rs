@@ -263,34 +263,45 @@ async fn process(
                 outcome: Outcome::Handled,
             });
         }
-        Err(error) => match endpoint.retry.decide(attempt, &error) {
-            RetryDecision::Redeliver(delay) => {
-                let now = now_rfc3339();
-                let first = envelope.extensions.get(dl::FIRST_FAILURE).cloned().unwrap_or_else(|| now.clone());
-                let annotations = vec![
-                    (dl::FIRST_FAILURE.to_owned(), first),
-                    (dl::LAST_FAILURE.to_owned(), now),
-                    (dl::LAST_ERROR.to_owned(), truncate(&error.to_string())),
-                ];
-                metrics::counter!("courier_redelivered_total", "queue" => queue.to_owned()).increment(1);
-                if let Err(e) = delivery.retry(delay, annotations).await {
-                    tracing::warn!(queue, error = %e, "could not schedule the redelivery; the engine will redeliver");
-                }
-                let outcome = Outcome::Redelivered { delay, error: error.to_string() };
-                bus.observe(|| Consumed { queue: queue.to_owned(), attempt, envelope: Some(envelope), outcome });
+        // Boxed: failures are the rarer path, and their state would make every handling's future larger.
+        Err(error) => {
+            Box::pin(settle_failure(bus, endpoint, delivery, envelope, attempt, error, &registered.name)).await
+        }
+    }
+}
+
+/// Settles a delivery whose handler failed: a redelivery (after the retry policy's delay) or the dead-letter queue.
+async fn settle_failure(
+    bus: &Bus,
+    endpoint: &Endpoint,
+    delivery: Delivery,
+    envelope: Envelope,
+    attempt: u32,
+    error: HandlerError,
+    handler: &str,
+) {
+    let queue: &str = &endpoint.queue;
+    match endpoint.retry.decide(attempt, &error) {
+        RetryDecision::Redeliver(delay) => {
+            let now = now_rfc3339();
+            let first = envelope.extensions.get(dl::FIRST_FAILURE).cloned().unwrap_or_else(|| now.clone());
+            let annotations = vec![
+                (dl::FIRST_FAILURE.to_owned(), first),
+                (dl::LAST_FAILURE.to_owned(), now),
+                (dl::LAST_ERROR.to_owned(), truncate(&error.to_string())),
+            ];
+            metrics::counter!("courier_redelivered_total", "queue" => queue.to_owned()).increment(1);
+            if let Err(e) = delivery.retry(delay, annotations).await {
+                tracing::warn!(queue, error = %e, "could not schedule the redelivery; the engine will redeliver");
             }
-            RetryDecision::DeadLetter => {
-                let reason =
-                    if error.kind() == crate::FailureKind::Undecodable { "undecodable" } else { "handler-failed" };
-                let failure = Failure {
-                    reason,
-                    kind: error.kind().as_str(),
-                    handler: &registered.name,
-                    error: error.to_string(),
-                };
-                Box::pin(dead_letter(bus, queue, delivery, Some(envelope), failure)).await;
-            }
-        },
+            let outcome = Outcome::Redelivered { delay, error: error.to_string() };
+            bus.observe(|| Consumed { queue: queue.to_owned(), attempt, envelope: Some(envelope), outcome });
+        }
+        RetryDecision::DeadLetter => {
+            let reason = if error.kind() == crate::FailureKind::Undecodable { "undecodable" } else { "handler-failed" };
+            let failure = Failure { reason, kind: error.kind().as_str(), handler, error: error.to_string() };
+            dead_letter(bus, queue, delivery, Some(envelope), failure).await;
+        }
     }
 }
 
