@@ -240,8 +240,9 @@ async fn raw_throughput(pool: &PgPool, schema: &str, messages: u64, work: Work) 
     figures(scenario, messages, start.elapsed(), &latency)
 }
 
-/// The raw baseline at a fixed rate: one insert per message on schedule (up to 1,024 in flight), taken as above.
-async fn raw_at_rate(pool: &PgPool, schema: &str, rate: u64, seconds: f64) -> Figures {
+/// The raw baseline at a fixed rate: one insert per message on schedule (up to 1,024 in flight), taken as above,
+/// doing `work`.
+async fn raw_at_rate(pool: &PgPool, schema: &str, rate: u64, seconds: f64, work: Work) -> Figures {
     raw_setup(pool, schema).await;
     let messages = (rate as f64 * seconds) as u64;
     let body = payload(PAYLOAD).into_bytes();
@@ -252,7 +253,10 @@ async fn raw_at_rate(pool: &PgPool, schema: &str, rate: u64, seconds: f64) -> Fi
         let (pool, schema, latency, taken) = (pool.clone(), schema.to_owned(), latency.clone(), taken.clone());
         consumers.push(tokio::spawn(async move {
             while taken.load(Ordering::Relaxed) < messages {
-                let n = raw_take(&pool, &schema, &latency).await;
+                let n = match work {
+                    Work::Plain => raw_take(&pool, &schema, &latency).await,
+                    Work::Contract => contract_take(&pool, &schema, &latency).await,
+                };
                 taken.fetch_add(n, Ordering::Relaxed);
                 if n == 0 {
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -268,14 +272,22 @@ async fn raw_at_rate(pool: &PgPool, schema: &str, rate: u64, seconds: f64) -> Fi
         let (pool, schema, body) = (pool.clone(), schema.to_owned(), body.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            raw_insert(&schema, 1, &body).execute(&pool).await.expect("raw insert");
+            let insert = match work {
+                Work::Plain => raw_insert(&schema, 1, &body),
+                Work::Contract => contract_insert(&schema, 1, &payload(PAYLOAD)),
+            };
+            insert.execute(&pool).await.expect("raw insert");
         });
     }
     for c in consumers {
         c.await.expect("raw consumer");
     }
     let latency = latency.lock().unwrap().clone();
-    figures(&format!("raw sqlx @ {rate} msg/s (insert x1, take+delete x100)"), messages, start.elapsed(), &latency)
+    let scenario = match work {
+        Work::Plain => format!("raw sqlx @ {rate} msg/s (insert x1, take+delete x100)"),
+        Work::Contract => format!("raw sqlx @ {rate} msg/s, the contract's work (insert x1, lease x100, then delete)"),
+    };
+    figures(&scenario, messages, start.elapsed(), &latency)
 }
 
 /// Before each throughput scenario: vacuums the queue tables and makes a checkpoint, so that every scenario starts
@@ -356,11 +368,10 @@ fn main() {
             }
         }
         let scenario = "courier postgres @ 5000 msg/s";
-        // The contract's work at a rate is not written for PostgreSQL yet: the plain client only.
         latency_rounds(&plan, &mut table, &engine, scenario, 5_000, 5.0, PAYLOAD, |_, baseline| {
-            let plain = baseline == RateBaseline::Plain;
+            let work = if baseline == RateBaseline::Plain { Work::Plain } else { Work::Contract };
             let (raw_pool, schema) = (&raw_pool, &schema);
-            async move { if plain { Some(raw_at_rate(raw_pool, schema, 5_000, 5.0).await) } else { None } }
+            async move { Some(raw_at_rate(raw_pool, schema, 5_000, 5.0, work).await) }
         })
         .await;
 
