@@ -98,7 +98,7 @@ impl Figures {
 ///
 /// `COURIER_BENCH_ONLY=courier,alone` runs only the scenarios with those keys (all when unset; each bench lists its
 /// keys in its docs). `COURIER_BENCH_ROUNDS=3` runs the throughput scenarios three times, interleaved (raw,
-/// contract's work, Courier, transport alone, then again), and the latency pairs at a fixed rate three times
+/// contract's work, Courier, transport alone, then again), and the latency rows at a fixed rate three times
 /// ([`rate_order`](Self::rate_order)), so that each ratio is taken within a round and the
 /// machine's drift between rounds shows instead of hiding in one figure; [`Table`] reports each round and the
 /// median. Each round starts one scenario later ([`order`](Self::order)), so that no scenario always runs right
@@ -107,7 +107,7 @@ impl Figures {
 #[derive(Debug, Clone)]
 pub struct Plan {
     only: Vec<String>,
-    /// Rounds of the throughput scenarios, and of the latency pairs at a fixed rate (at least 1).
+    /// Rounds of the throughput scenarios, and of the latency rows at a fixed rate (at least 1).
     pub rounds: usize,
     /// Messages per throughput scenario (`COURIER_BENCH_MESSAGES`, 100,000 by default).
     pub messages: u64,
@@ -154,10 +154,11 @@ impl Plan {
 
 impl Plan {
     /// The latency scenarios at a fixed rate for round `round` (from 0), in the order they run: the plain raw
-    /// client's (`raw-rate`), the raw client doing the contract's work (`contract-rate`, where the bench has it) and
-    /// Courier's (`courier-rate`), each round starting one later; none unless the plan runs `rate`. Each round's
-    /// p99 ratio is reported and their median, as for throughput: one p99 of a few seconds moves by a third with a
-    /// single stall of the machine.
+    /// client's (`raw-rate`), the raw client doing the contract's work (`contract-rate`) and Courier's
+    /// (`courier-rate`); none unless the plan runs `rate`. Each round starts one later, and every second cycle of
+    /// three rounds runs backwards, so that six rounds run every order once (three rounds cannot balance which
+    /// baseline runs before Courier). Each round's p99 ratio is reported and their median, as for throughput: one
+    /// p99 of a few seconds moves by a third with a single stall of the machine.
     pub fn rate_order(&self, round: usize) -> Vec<&'static str> {
         if !self.runs("rate") {
             return Vec::new();
@@ -165,6 +166,9 @@ impl Plan {
         let mut keys = vec!["raw-rate", "contract-rate", "courier-rate"];
         let turn = round % keys.len();
         keys.rotate_left(turn);
+        if (round / keys.len()) % 2 == 1 {
+            keys.reverse();
+        }
         keys
     }
 }
@@ -254,7 +258,7 @@ impl Table {
 impl Table {
     /// Prints the ratios every engine bench reports, from the scenario keys of [`Plan`]: Courier against the plain
     /// raw client, against the raw client doing the contract's work, against its transport alone, and its p99 at
-    /// `rate` msg/s against the raw client's.
+    /// `rate` msg/s against the plain raw client's and against the raw client's doing the contract's work.
     pub fn print_engine_ratios(&self, rate: u64) {
         self.throughput_ratio("Courier / raw throughput (target >= 0.90)", "courier", "raw");
         self.throughput_ratio("Courier / raw doing the contract's work", "courier", "contract");
@@ -270,8 +274,8 @@ impl Table {
 
 /// Runs the latency rows at a fixed rate of an engine bench, one of each a round in [`Plan::rate_order`]:
 /// `raw(round, baseline)` for the raw client, plain (key `raw-rate`) and doing the contract's work
-/// (`contract-rate`; a bench without that baseline at a rate returns `None`), and [`bus_latency_at_rate`] named
-/// `scenario` for Courier (`courier-rate`), at `rate` msg/s for `seconds`; adds their rows to `table`.
+/// (`contract-rate`), and [`bus_latency_at_rate`] named `scenario` for Courier (`courier-rate`), at `rate` msg/s
+/// for `seconds`; adds their rows to `table`.
 #[allow(clippy::too_many_arguments)]
 pub async fn latency_rounds<F, Fut>(
     plan: &Plan,
@@ -284,22 +288,18 @@ pub async fn latency_rounds<F, Fut>(
     mut raw: F,
 ) where
     F: FnMut(usize, RateBaseline) -> Fut,
-    Fut: std::future::Future<Output = Option<Figures>>,
+    Fut: std::future::Future<Output = Figures>,
 {
     for round in 0..plan.rounds {
         for key in plan.rate_order(round) {
             let figures = match key {
                 "raw-rate" => raw(round, RateBaseline::Plain).await,
                 "contract-rate" => raw(round, RateBaseline::Contract).await,
-                _ => Some(
-                    bus_latency_at_rate(scenario, engine, rate, seconds, payload_size)
-                        .await
-                        .expect("Courier latency at rate"),
-                ),
+                _ => bus_latency_at_rate(scenario, engine, rate, seconds, payload_size)
+                    .await
+                    .expect("Courier latency at rate"),
             };
-            if let Some(figures) = figures {
-                table.add(key, figures);
-            }
+            table.add(key, figures);
         }
     }
 }
@@ -822,6 +822,9 @@ mod tests {
         assert_eq!(all.rate_order(0), ["raw-rate", "contract-rate", "courier-rate"]);
         assert_eq!(all.rate_order(1), ["contract-rate", "courier-rate", "raw-rate"]);
         assert_eq!(all.rate_order(2), ["courier-rate", "raw-rate", "contract-rate"]);
+        assert_eq!(all.rate_order(3), ["courier-rate", "contract-rate", "raw-rate"]);
+        let orders: std::collections::HashSet<Vec<&str>> = (0..6).map(|r| all.rate_order(r)).collect();
+        assert_eq!(orders.len(), 6, "six rounds run every order once");
     }
 
     #[test]

@@ -312,7 +312,8 @@ struct Failure<'a> {
     error: String,
 }
 
-/// Dead-letters a delivery. Callers box this rare path so it does not bloat every handling task.
+/// Dead-letters a delivery. A rare path: `process` boxes it (and `settle_failure`, itself boxed), so it does not
+/// bloat every handling task.
 async fn dead_letter(bus: &Bus, queue: &str, delivery: Delivery, envelope: Option<Envelope>, failure: Failure<'_>) {
     let attempt = delivery.delivery_count();
     let now = now_rfc3339();

@@ -199,16 +199,15 @@ impl Headers {
     /// ```
     pub fn from_entries(mut entries: Vec<(HeaderName, String)>) -> Self {
         if !entries.is_sorted_by(|(a, _), (b, _)| a < b) {
-            // Stable, so equal names keep their order and the last of each run is the one to keep.
+            // Stable, so equal names keep their order; in place, keeping the last value of each run.
             entries.sort_by(|(a, _), (b, _)| a.cmp(b));
-            let mut kept: Vec<(HeaderName, String)> = Vec::with_capacity(entries.len());
-            for entry in entries {
-                match kept.last_mut() {
-                    Some(last) if last.0 == entry.0 => *last = entry,
-                    _ => kept.push(entry),
+            entries.dedup_by(|later, kept| {
+                let same = later.0 == kept.0;
+                if same {
+                    std::mem::swap(later, kept);
                 }
-            }
-            entries = kept;
+                same
+            });
         }
         Self { entries }
     }

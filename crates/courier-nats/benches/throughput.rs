@@ -226,7 +226,7 @@ fn main() {
                 }
             };
             let client = client.clone();
-            async move { Some(raw(scenario, client, &name, rate_messages, Some(RATE), work).await) }
+            async move { raw(scenario, client, &name, rate_messages, Some(RATE), work).await }
         })
         .await;
 

@@ -418,7 +418,7 @@ impl Shared {
         nats_headers: HeaderMap,
         body: Bytes,
     ) -> Result<()> {
-        let mut acks = Vec::new();
+        let mut acks = Vec::with_capacity(subjects.size_hint().0);
         for subject in subjects {
             acks.push(self.start_publish(subject, nats_headers.clone(), body.clone()).await?);
         }

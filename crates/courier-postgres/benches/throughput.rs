@@ -371,7 +371,7 @@ fn main() {
         latency_rounds(&plan, &mut table, &engine, scenario, 5_000, 5.0, PAYLOAD, |_, baseline| {
             let work = if baseline == RateBaseline::Plain { Work::Plain } else { Work::Contract };
             let (raw_pool, schema) = (&raw_pool, &schema);
-            async move { Some(raw_at_rate(raw_pool, schema, 5_000, 5.0, work).await) }
+            async move { raw_at_rate(raw_pool, schema, 5_000, 5.0, work).await }
         })
         .await;
 

@@ -224,7 +224,7 @@ fn main() {
                 RateBaseline::Contract => (contract, Work::Contract),
             };
             let raw_url = &raw_url;
-            async move { Some(raw(raw_url, name, rate_messages, Some(RATE), work).await) }
+            async move { raw(raw_url, name, rate_messages, Some(RATE), work).await }
         })
         .await;
 

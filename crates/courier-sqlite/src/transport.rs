@@ -308,8 +308,8 @@ impl Acker for SqliteAcker {
 
     async fn dead_letter(&self, annotations: Annotations) -> Result<()> {
         self.forget();
-        let (seq, lease, queue) = (self.seq, self.lease, self.queue.clone());
-        call(&self.writer, |reply| Op::DeadLetter { seq, lease, queue: queue.to_string(), annotations, reply }).await
+        let (seq, lease, queue) = (self.seq, self.lease, self.queue.to_string());
+        call(&self.writer, |reply| Op::DeadLetter { seq, lease, queue, annotations, reply }).await
     }
 
     async fn release(&self) -> Result<()> {
