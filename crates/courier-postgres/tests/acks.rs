@@ -4,6 +4,8 @@
 mod common;
 
 use courier_core::{Envelope, Json, Message, SubscriptionOptions, Transport};
+use courier_postgres::PostgresTransport;
+use courier_postgres::sqlx;
 use courier_testkit::services::POSTGRES;
 use serde::{Deserialize, Serialize};
 
@@ -17,19 +19,38 @@ impl Message for Note {
     type Codec = Json;
 }
 
+/// A transport on a schema of its own (`courier_<queue>_<uuid>`) with `count` notes sent to `queue`.
+async fn queue_with(queue: &str, count: u32) -> (String, PostgresTransport) {
+    let schema = common::unique(&format!("courier_{queue}"));
+    let transport = common::transport(&schema, &format!("courier_{queue}")).await;
+    for n in 0..count {
+        let raw = Envelope::for_message("test", &Note { n }).unwrap().into_raw();
+        transport.send(queue, raw, None).await.unwrap();
+    }
+    (schema, transport)
+}
+
+/// The first column of every row `statement` returns.
+async fn column<T>(transport: &PostgresTransport, statement: String) -> Vec<T>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+{
+    sqlx::query_scalar(sqlx::AssertSqlSafe(statement)).fetch_all(transport.pool()).await.unwrap()
+}
+
+/// How many rows `statement` (a `SELECT count(*)`) counts.
+async fn count(transport: &PostgresTransport, statement: String) -> i64 {
+    column::<i64>(transport, statement).await[0]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_waits_for_queued_acks() {
     if !POSTGRES.require() {
         return;
     }
     const MESSAGES: u32 = 2_000;
-    let schema = common::unique("courier_acks");
-    let transport = common::transport(&schema, "courier_acks").await;
     let queue = "acks";
-    for n in 0..MESSAGES {
-        let raw = Envelope::for_message("test", &Note { n }).unwrap().into_raw();
-        transport.send(queue, raw, None).await.unwrap();
-    }
+    let (schema, transport) = queue_with(queue, MESSAGES).await;
     let mut subscription = transport.subscribe(queue, SubscriptionOptions::default()).await.unwrap();
     let mut deliveries = Vec::new();
     while deliveries.len() < MESSAGES as usize {
@@ -38,12 +59,10 @@ async fn flush_waits_for_queued_acks() {
     // Another transaction holds the rows for a moment, so the acks' DELETE waits for it: only a flush that waits
     // for the acks finds the table empty afterwards.
     let mut holder = transport.pool().begin().await.unwrap();
-    courier_postgres::sqlx::query(courier_postgres::sqlx::AssertSqlSafe(format!(
-        "SELECT seq FROM \"{schema}\".messages FOR SHARE"
-    )))
-    .fetch_all(&mut *holder)
-    .await
-    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("SELECT seq FROM \"{schema}\".messages FOR SHARE")))
+        .fetch_all(&mut *holder)
+        .await
+        .unwrap();
     for delivery in deliveries {
         delivery.ack().await.unwrap();
     }
@@ -52,12 +71,7 @@ async fn flush_waits_for_queued_acks() {
         holder.commit().await.unwrap();
     });
     transport.flush().await.unwrap();
-    let left: i64 = courier_postgres::sqlx::query_scalar(courier_postgres::sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM \"{schema}\".messages"
-    )))
-    .fetch_one(transport.pool())
-    .await
-    .unwrap();
+    let left = count(&transport, format!("SELECT count(*) FROM \"{schema}\".messages")).await;
     release.await.unwrap();
     transport.drop_schema().await.unwrap();
     assert_eq!(left, 0, "every acked message is deleted once flush returns");
@@ -70,13 +84,8 @@ async fn settles_find_rows_that_moved() {
     if !POSTGRES.require() {
         return;
     }
-    let schema = common::unique("courier_moved");
-    let transport = common::transport(&schema, "courier_moved").await;
     let queue = "moved";
-    for n in 0..4 {
-        let raw = Envelope::for_message("test", &Note { n }).unwrap().into_raw();
-        transport.send(queue, raw, None).await.unwrap();
-    }
+    let (schema, transport) = queue_with(queue, 4).await;
     let mut subscription = transport.subscribe(queue, SubscriptionOptions::default()).await.unwrap();
     let mut deliveries = Vec::new();
     while deliveries.len() < 4 {
@@ -97,28 +106,13 @@ async fn settles_find_rows_that_moved() {
     retried.retry(std::time::Duration::from_secs(3600), Default::default()).await.unwrap();
     dead.dead_letter(Default::default()).await.unwrap();
     transport.flush().await.unwrap();
-    let count = |condition: &str| {
-        let statement = sql(&format!("SELECT count(*) FROM {{m}} WHERE {condition}"));
-        let pool = transport.pool().clone();
-        async move {
-            let n: i64 = courier_postgres::sqlx::query_scalar(courier_postgres::sqlx::AssertSqlSafe(statement))
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            n
-        }
-    };
+    let rows = |condition: &str| count(&transport, sql(&format!("SELECT count(*) FROM {{m}} WHERE {condition}")));
     let (rows, released_rows, delayed_rows) = (
-        count("true").await,
-        count("lease IS NULL AND visible_at <= floor(extract(epoch FROM now()) * 1000)").await,
-        count("lease IS NULL AND visible_at > floor(extract(epoch FROM now()) * 1000) + 3000000").await,
+        rows("true").await,
+        rows("lease IS NULL AND visible_at <= floor(extract(epoch FROM now()) * 1000)").await,
+        rows("lease IS NULL AND visible_at > floor(extract(epoch FROM now()) * 1000) + 3000000").await,
     );
-    let dead_letters: i64 = courier_postgres::sqlx::query_scalar(courier_postgres::sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM \"{schema}\".dead_letters"
-    )))
-    .fetch_one(transport.pool())
-    .await
-    .unwrap();
+    let dead_letters = count(&transport, format!("SELECT count(*) FROM \"{schema}\".dead_letters")).await;
     drop(subscription);
     transport.drop_schema().await.unwrap();
     assert_eq!(
@@ -135,11 +129,8 @@ async fn a_stale_delivery_does_not_settle_a_newer_lease() {
     if !POSTGRES.require() {
         return;
     }
-    let schema = common::unique("courier_stale");
-    let transport = common::transport(&schema, "courier_stale").await;
     let queue = "stale";
-    let raw = Envelope::for_message("test", &Note { n: 1 }).unwrap().into_raw();
-    transport.send(queue, raw, None).await.unwrap();
+    let (schema, transport) = queue_with(queue, 1).await;
     let mut subscription = transport.subscribe(queue, SubscriptionOptions::default()).await.unwrap();
     let expire = format!("UPDATE \"{schema}\".messages SET visible_at = 0");
     let mut deliveries = Vec::new();
@@ -149,17 +140,7 @@ async fn a_stale_delivery_does_not_settle_a_newer_lease() {
         deliveries.push(subscription.next_batch(1).await.unwrap().pop().unwrap());
     }
     let (newest, second, first) = (deliveries.pop().unwrap(), deliveries.pop().unwrap(), deliveries.pop().unwrap());
-    let leases = || {
-        let (pool, statement) = (transport.pool().clone(), format!("SELECT lease FROM \"{schema}\".messages"));
-        async move {
-            let leases: Vec<Option<i64>> =
-                courier_postgres::sqlx::query_scalar(courier_postgres::sqlx::AssertSqlSafe(statement))
-                    .fetch_all(&pool)
-                    .await
-                    .unwrap();
-            leases
-        }
-    };
+    let leases = || column::<Option<i64>>(&transport, format!("SELECT lease FROM \"{schema}\".messages"));
     let newest_lease = leases().await;
     first.ack().await.unwrap();
     second.release().await.unwrap();
