@@ -1,5 +1,7 @@
 //! Stream keys and entries: where a queue lives and how a message is stored in it.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use courier_core::{Error, Headers, RawMessage, Result, is_implied_attribute, restore_implied_attributes};
 use redis::Value;
@@ -32,7 +34,8 @@ impl Keys {
 /// One stream entry as read back.
 #[derive(Debug)]
 pub(crate) struct Entry {
-    pub(crate) id: String,
+    /// Shared by the subscription's held set, the delivery's acker and the acknowledgement batcher.
+    pub(crate) id: Arc<str>,
     /// Deliveries counted before this entry was written.
     pub(crate) counted: u32,
     pub(crate) headers: Headers,
@@ -78,11 +81,11 @@ pub(crate) fn decode_headers(bytes: &[u8]) -> Headers {
     headers
 }
 
-fn text(v: &Value) -> Option<String> {
+fn entry_id(v: &Value) -> Option<Arc<str>> {
     match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(i) => Some(i.to_string()),
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into()),
+        Value::SimpleString(s) => Some(s.as_str().into()),
+        Value::Int(i) => Some(i.to_string().into()),
         _ => None,
     }
 }
@@ -106,7 +109,7 @@ pub(crate) fn array(v: Value) -> Vec<Value> {
 /// Parses `[id, [field, value, ...], times delivered?]`; `None` for a deleted entry.
 pub(crate) fn parse_entry(v: Value) -> Option<Entry> {
     let mut parts = array(v).into_iter();
-    let id = text(&parts.next()?)?;
+    let id = entry_id(&parts.next()?)?;
     let fields = array(parts.next()?);
     let times_delivered = parts.next().as_ref().and_then(int).unwrap_or(1).clamp(1, u32::MAX as i64) as u32;
     let mut entry =

@@ -27,19 +27,19 @@ struct Shared {
     stream: String,
     consumer: String,
     /// Entry ids handed out and not yet settled: their idle time is reset while handlers run.
-    held: Mutex<HashSet<String>>,
+    held: Mutex<HashSet<Arc<str>>>,
     /// Set when the subscription is dropped: the renewer stops once nothing is held.
     closed: AtomicBool,
 }
 
 impl Shared {
-    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<Arc<str>>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 /// The entry id of a delivery to acknowledge.
-type AckRequest = String;
+type AckRequest = Arc<str>;
 
 /// A stream of deliveries from one queue: one consumer in the queue's consumer group.
 #[derive(Debug)]
@@ -173,11 +173,11 @@ impl Drop for RedisSubscription {
 }
 
 async fn retire(shared: &Shared, conn: &Conn) -> Result<i64> {
-    let held: Vec<String> = shared.held().iter().cloned().collect();
+    let held: Vec<Arc<str>> = shared.held().iter().cloned().collect();
     let mut inv = shared.core.scripts.retire.prepare_invoke();
     inv.arg(&shared.core.keys.prefix).arg(&*shared.queue).arg(&shared.consumer);
     for id in &held {
-        inv.arg(id);
+        inv.arg(&**id);
     }
     invoke(conn, "handing back messages of a cancelled read", &inv).await
 }
@@ -216,14 +216,14 @@ async fn ack_batches(shared: Arc<Shared>, mut rx: mpsc::Receiver<AckRequest>) {
     let mut batch = Vec::with_capacity(ACK_BATCH);
     while rx.recv_many(&mut batch, ACK_BATCH).await > 0 {
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("XACK")
-            .arg(&shared.stream)
-            .arg(GROUP)
-            .arg(&batch)
-            .cmd("XDEL")
-            .arg(&shared.stream)
-            .arg(&batch);
+        let xack = pipe.atomic().cmd("XACK").arg(&shared.stream).arg(GROUP);
+        for id in &batch {
+            xack.arg(&**id);
+        }
+        let xdel = pipe.cmd("XDEL").arg(&shared.stream);
+        for id in &batch {
+            xdel.arg(&**id);
+        }
         let conn = &shared.core.conn;
         let mut result = Err(redis::RedisError::from((redis::ErrorKind::Io, "not sent")));
         // Acknowledging twice is harmless: on a connection found broken, try once more on a fresh one.
@@ -262,7 +262,7 @@ async fn renew(shared: Arc<Shared>, visibility: Duration) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        let held: Vec<String> = shared.held().iter().cloned().collect();
+        let held: Vec<Arc<str>> = shared.held().iter().cloned().collect();
         if held.is_empty() {
             if shared.closed.load(Ordering::SeqCst) {
                 return;
@@ -273,7 +273,7 @@ async fn renew(shared: Arc<Shared>, visibility: Duration) {
             let mut inv = shared.core.scripts.renew.key(&shared.stream);
             inv.arg(&shared.consumer);
             for id in chunk {
-                inv.arg(id);
+                inv.arg(&**id);
             }
             if let Err(e) = invoke::<i64>(&shared.core.conn, "renewing message leases", &inv).await {
                 tracing::warn!(queue = %shared.queue, error = %e, "could not renew leases; they may be redelivered");
@@ -287,7 +287,7 @@ async fn renew(shared: Arc<Shared>, visibility: Duration) {
 struct RedisAcker {
     shared: Arc<Shared>,
     acks: mpsc::Sender<AckRequest>,
-    id: String,
+    id: Arc<str>,
     /// The headers as stored, decoded again only to annotate a retry or dead letter.
     headers: Vec<u8>,
 }
@@ -362,7 +362,7 @@ impl RedisAcker {
         let mut inv = s.core.scripts.retry.prepare_invoke();
         inv.arg(&s.core.keys.prefix)
             .arg(&*s.queue)
-            .arg(&self.id)
+            .arg(&*self.id)
             .arg(&s.consumer)
             .arg(self.annotated(annotations)?)
             .arg(due)
@@ -378,7 +378,7 @@ impl RedisAcker {
     async fn dead_letter_now(&self, annotations: Annotations) -> Result<()> {
         let s = &self.shared;
         let mut inv = s.core.scripts.dead_letter.prepare_invoke();
-        inv.arg(&s.core.keys.prefix).arg(&*s.queue).arg(&self.id).arg(&s.consumer).arg(self.annotated(annotations)?);
+        inv.arg(&s.core.keys.prefix).arg(&*s.queue).arg(&*self.id).arg(&s.consumer).arg(self.annotated(annotations)?);
         s.core.invoke::<i64>("dead-lettering", &inv).await.map(drop)
     }
 }
