@@ -24,8 +24,29 @@ use crate::envelope::{attr, dead_letter_attr};
 /// assert_eq!(known, "type");
 /// assert!(!HeaderName::from("tenant").is_static());
 /// ```
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct HeaderName(Cow<'static, str>);
+
+/// Orders names as plain strings do. Header names mostly differ in their first byte: that byte is compared inline
+/// first, so a lookup among a dozen names seldom calls `memcmp` (it was a tenth of decoding a message's headers).
+fn compare_names(a: &str, b: &str) -> std::cmp::Ordering {
+    match (a.as_bytes().first(), b.as_bytes().first()) {
+        (Some(x), Some(y)) if x != y => x.cmp(y),
+        _ => a.cmp(b),
+    }
+}
+
+impl PartialOrd for HeaderName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for HeaderName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        compare_names(&self.0, &other.0)
+    }
+}
 
 impl HeaderName {
     /// A name from a static string, without looking it up or allocating.
@@ -227,8 +248,8 @@ impl Headers {
         // end before searching.
         match self.entries.last() {
             None => Err(0),
-            Some((last, _)) if last.as_str() < name => Err(self.entries.len()),
-            _ => self.entries.binary_search_by(|(k, _)| k.as_str().cmp(name)),
+            Some((last, _)) if compare_names(last, name).is_lt() => Err(self.entries.len()),
+            _ => self.entries.binary_search_by(|(k, _)| compare_names(k, name)),
         }
     }
 
@@ -402,6 +423,18 @@ impl<'de> serde::Deserialize<'de> for Headers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_order_as_plain_strings_do() {
+        let names =
+            ["", "a", "ab", "b", "id", "type", "time", "traceparent", "tracestate", "t", "Type", "\u{e9}t\u{e9}"];
+        for a in names {
+            for b in names {
+                assert_eq!(compare_names(a, b), a.cmp(b), "{a:?} against {b:?}");
+                assert_eq!(HeaderName::from(a).cmp(&HeaderName::from(b)), a.cmp(b));
+            }
+        }
+    }
 
     #[test]
     fn keeps_names_sorted_and_unique_whatever_the_order_they_come_in() {
