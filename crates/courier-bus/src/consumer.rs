@@ -281,6 +281,16 @@ async fn settle_failure(
     handler: &str,
 ) {
     let queue: &str = &endpoint.queue;
+    tracing::warn!(
+        queue,
+        message.id = %envelope.id,
+        message.type = %envelope.message_type,
+        attempt,
+        handler,
+        error = %error,
+        kind = error.kind().as_str(),
+        "handler failed"
+    );
     match endpoint.retry.decide(attempt, &error) {
         RetryDecision::Redeliver(delay) => {
             let now = now_rfc3339();

@@ -6,7 +6,8 @@ use crate::{BoxFuture, Context, HandlerError, Middleware, Next};
 
 /// Wraps each handling in an `info` span `courier.consume` with the message id, type, queue, attempt and the full
 /// 32-character W3C trace id and span id, so logs of one business flow can be joined across services. Messages the
-/// handler publishes carry the trace forward (see [`Context::publish`]).
+/// handler publishes carry the trace forward (see [`Context::publish`]). A handler's failure is logged by the
+/// consumer when it settles the message (`handler failed`, with the queue, message id and type, attempt and error).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Tracing;
 
@@ -21,21 +22,15 @@ impl Middleware for Tracing {
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         );
-        // Only for a span that is recorded: the trace context is made on first use.
-        if !span.is_disabled() {
-            let trace = ctx.trace();
-            span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
-            span.record("span_id", tracing::field::display(format_args!("{:016x}", trace.span_id)));
+        // No subscriber records it: the rest of the stack runs as it is, with no span around it (a wrapper and a
+        // boxed future less for every message).
+        if span.is_disabled() {
+            return next.run(ctx);
         }
-        Box::pin(
-            async move {
-                let result = next.run(ctx).await;
-                if let Err(e) = &result {
-                    tracing::warn!(error = %e, kind = e.kind().as_str(), "handler failed");
-                }
-                result
-            }
-            .instrument(span),
-        )
+        // The trace context is made only for a span that is recorded.
+        let trace = ctx.trace();
+        span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
+        span.record("span_id", tracing::field::display(format_args!("{:016x}", trace.span_id)));
+        Box::pin(next.run(ctx).instrument(span))
     }
 }
