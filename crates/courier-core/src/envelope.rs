@@ -219,31 +219,25 @@ impl Envelope {
         let mut headers = self.extensions;
         // The six every message has, and room for a trace context and a correlation.
         headers.reserve(8);
-        let mut put = |k: &'static str, v: String| {
-            headers.insert(N::from_static(k), v);
-        };
         // In name order, so that each lands at the end of the (sorted) headers when there are no extensions.
-        let attributes = [
-            (attr::CAUSATIONID, self.causation_id),
-            (attr::CORRELATIONID, self.correlation_id),
-            (attr::DATACONTENTTYPE, Some(self.content_type)),
-            (attr::EXPIRESAT, self.expires_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))),
-            (attr::ID, Some(self.id)),
-            (attr::PARTITIONKEY, self.partition_key),
-            (attr::REPLYTO, self.reply_to),
-            (attr::SOURCE, Some(self.source)),
-            (attr::SPECVERSION, Some("1.0".to_owned())),
-            (attr::TIME, Some(rfc3339_micros(&self.time))),
-            (attr::TRACEPARENT, self.traceparent),
-            (attr::TRACESTATE, self.tracestate),
-            (attr::TYPE, Some(self.message_type)),
-        ];
-        debug_assert!(attributes.is_sorted_by_key(|(name, _)| *name));
-        for (k, v) in attributes {
-            if let Some(v) = v {
-                put(k, v);
+        let mut put = |name: &'static str, value: Option<String>| {
+            if let Some(value) = value {
+                headers.append(N::from_static(name), value);
             }
-        }
+        };
+        put(attr::CAUSATIONID, self.causation_id);
+        put(attr::CORRELATIONID, self.correlation_id);
+        put(attr::DATACONTENTTYPE, Some(self.content_type));
+        put(attr::EXPIRESAT, self.expires_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)));
+        put(attr::ID, Some(self.id));
+        put(attr::PARTITIONKEY, self.partition_key);
+        put(attr::REPLYTO, self.reply_to);
+        put(attr::SOURCE, Some(self.source));
+        put(attr::SPECVERSION, Some("1.0".to_owned()));
+        put(attr::TIME, Some(rfc3339_micros(&self.time)));
+        put(attr::TRACEPARENT, self.traceparent);
+        put(attr::TRACESTATE, self.tracestate);
+        put(attr::TYPE, Some(self.message_type));
         RawMessage { headers, body: self.data }
     }
 
@@ -323,25 +317,27 @@ impl Envelope {
 /// machinery (it runs for every message published). Years outside 0-9999 and leap seconds go to chrono.
 fn rfc3339_micros(time: &DateTime<Utc>) -> String {
     use chrono::{Datelike, Timelike};
-    let (year, nanos) = (time.year(), time.nanosecond());
+    // The UTC calendar time once (each of chrono's accessors on a `DateTime` works it out again).
+    let naive = time.naive_utc();
+    let (year, nanos) = (naive.year(), naive.nanosecond());
     if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
         return time.to_rfc3339_opts(SecondsFormat::Micros, true);
     }
-    let mut out = Vec::with_capacity(27);
-    let mut digits = |value: u32, width: u32, then: u8| {
-        for i in (0..width).rev() {
-            out.push(b'0' + (value / 10u32.pow(i) % 10) as u8);
+    let mut out = *b"0000-00-00T00:00:00.000000Z";
+    let mut digits = |at: usize, width: usize, mut value: u32| {
+        for digit in out[at..at + width].iter_mut().rev() {
+            *digit = b'0' + (value % 10) as u8;
+            value /= 10;
         }
-        out.push(then);
     };
-    digits(year as u32, 4, b'-');
-    digits(time.month(), 2, b'-');
-    digits(time.day(), 2, b'T');
-    digits(time.hour(), 2, b':');
-    digits(time.minute(), 2, b':');
-    digits(time.second(), 2, b'.');
-    digits(nanos / 1000, 6, b'Z');
-    String::from_utf8(out).unwrap_or_default()
+    digits(0, 4, year as u32);
+    digits(5, 2, naive.month());
+    digits(8, 2, naive.day());
+    digits(11, 2, naive.hour());
+    digits(14, 2, naive.minute());
+    digits(17, 2, naive.second());
+    digits(20, 6, nanos / 1000);
+    std::str::from_utf8(&out).map(str::to_owned).unwrap_or_default()
 }
 
 /// Reads exactly the shape [`rfc3339_micros`] writes; `None` for anything else (chrono reads those).
@@ -404,6 +400,26 @@ mod tests {
         assert_eq!(back.correlation_id.as_deref(), Some("c-1"));
         assert_eq!(back.extensions.get("tenant").map(String::as_str), Some("acme"));
         assert_eq!(back.decode::<Ping>().unwrap(), Ping { n: 7 });
+    }
+
+    #[test]
+    fn headers_come_out_sorted_and_unique_whatever_the_extensions() {
+        let mut env = Envelope::for_message("svc", &Ping { n: 7 }).unwrap();
+        env.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+        // Before, between and after the attributes, and one with an attribute's name (the attribute wins).
+        for (name, value) in [("aaa", "1"), ("tenant", "acme"), ("zzz", "2"), ("id", "not-the-id")] {
+            env.extensions.insert(name, value);
+        }
+        let raw = env.clone().into_raw();
+        let names: Vec<&str> = raw.headers.keys().map(|k| k.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(names, sorted);
+        assert_eq!(raw.header("id"), Some(env.id.as_str()));
+        assert_eq!(raw.header("tenant"), Some("acme"));
+        assert_eq!(raw.header("zzz"), Some("2"));
+        assert_eq!(names.len(), 10, "{names:?}");
     }
 
     #[test]

@@ -280,6 +280,18 @@ impl Headers {
         }
     }
 
+    /// Sets a header that usually sorts after every header present (as when headers are built in name order):
+    /// then it is pushed at the end with one comparison, else inserted in its place as [`insert`](Self::insert)
+    /// does.
+    pub(crate) fn append(&mut self, name: HeaderName, value: String) {
+        match self.entries.last() {
+            Some((last, _)) if compare_names(last, &name).is_ge() => {
+                self.insert(name, value);
+            }
+            _ => self.entries.push((name, value)),
+        }
+    }
+
     /// The header's value, set first from `value` if the header is missing (as `entry(name).or_insert_with` on a
     /// map).
     pub fn get_or_insert_with(&mut self, name: impl Into<HeaderName>, value: impl FnOnce() -> String) -> &mut String {

@@ -51,16 +51,14 @@ impl TraceParent {
     /// The `traceparent` header value, `00-<trace id>-<span id>-<flags>` (what [`Display`](fmt::Display) writes),
     /// in one allocation of its exact length: it is built for every message published.
     pub fn to_header(&self) -> String {
-        // Written digit by digit: the formatting machinery took longer than the rest of building a message's
-        // envelope together.
-        let mut out = Vec::with_capacity(55);
-        out.extend_from_slice(b"00-");
-        push_hex(&mut out, self.trace_id, 32);
-        out.push(b'-');
-        push_hex(&mut out, u128::from(self.span_id), 16);
-        out.push(b'-');
-        push_hex(&mut out, u128::from(self.flags), 2);
-        String::from_utf8(out).unwrap_or_default()
+        // Written digit by digit into a buffer of the header's length: the formatting machinery took longer than
+        // the rest of building a message's envelope together, and pushing digit by digit onto a vector checked its
+        // capacity at each one.
+        let mut out = *b"00-________________________________-________________-__";
+        hex_into(&mut out[3..35], self.trace_id);
+        hex_into(&mut out[36..52], u128::from(self.span_id));
+        hex_into(&mut out[53..55], u128::from(self.flags));
+        std::str::from_utf8(&out).map(str::to_owned).unwrap_or_default()
     }
 }
 
@@ -70,11 +68,13 @@ impl fmt::Display for TraceParent {
     }
 }
 
-/// Appends the low `digits` hex digits of `value`, lower case, most significant first.
-fn push_hex(out: &mut Vec<u8>, value: u128, digits: u32) {
+/// Writes the low `out.len()` hex digits of `value` into `out`, lower case, most significant first.
+fn hex_into(out: &mut [u8], value: u128) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits).rev() {
-        out.push(HEX[((value >> (4 * i)) & 0xf) as usize]);
+    let mut rest = value;
+    for digit in out.iter_mut().rev() {
+        *digit = HEX[(rest & 0xf) as usize];
+        rest >>= 4;
     }
 }
 
