@@ -8,7 +8,7 @@ use courier_core::{Engine, EngineRegistry, Error, Message, Result, SubscriptionO
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Inner, Replies};
-use crate::consumer::{ConsumerGate, Endpoint, run_endpoint};
+use crate::consumer::{ConsumerGate, Endpoint, Handlers, run_endpoint};
 use crate::handler::{Registered, Typed, handler_name};
 use crate::middleware::{HandlerMetrics, ImmediateRetry, Inbox, InboxStore, Timing, Tracing};
 use crate::{Bus, BusObserver, Handler, MemoryEngineFactory, Middleware, Retry};
@@ -238,7 +238,7 @@ impl BusBuilder {
         }
         let endpoint = Arc::new(Endpoint {
             queue: queue_label,
-            handlers,
+            handlers: Handlers::new(handlers),
             middleware: stack,
             retry: self.retry,
             prefetch: self.prefetch,

@@ -21,12 +21,29 @@ use crate::{Bus, Context, HandlerError, Middleware, Next, Retry};
 /// One queue's consumer configuration, fixed at start.
 pub(crate) struct Endpoint {
     pub(crate) queue: Arc<str>,
-    pub(crate) handlers: HashMap<String, Registered>,
+    pub(crate) handlers: Handlers,
     pub(crate) middleware: Vec<Arc<dyn Middleware>>,
     pub(crate) retry: Retry,
     pub(crate) prefetch: usize,
     pub(crate) concurrency: usize,
     pub(crate) shutdown_timeout: Duration,
+}
+
+/// An endpoint's handlers by message type, in a vector sorted by type and searched by halves: an endpoint has a
+/// handful of types, and hashing a type name (SipHash) cost more than the few comparisons.
+pub(crate) struct Handlers(Vec<(String, Registered)>);
+
+impl Handlers {
+    pub(crate) fn new(handlers: HashMap<String, Registered>) -> Self {
+        let mut handlers: Vec<_> = handlers.into_iter().collect();
+        handlers.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+        Self(handlers)
+    }
+
+    fn get(&self, message_type: &str) -> Option<&Registered> {
+        let found = self.0.binary_search_by(|(handled, _)| handled.as_str().cmp(message_type));
+        found.ok().map(|i| &self.0[i].1)
+    }
 }
 
 /// A gate consumers check before taking messages: while closed, they take nothing (messages wait in the queue).
