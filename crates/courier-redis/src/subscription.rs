@@ -297,7 +297,7 @@ impl RedisAcker {
         self.shared.held().remove(&self.id);
     }
 
-    fn annotated(&self, annotations: Annotations) -> Result<String> {
+    fn annotated(&self, annotations: Annotations) -> Result<Vec<u8>> {
         let mut headers = decode_headers(&self.headers);
         headers.extend(annotations);
         encode_headers(&headers)

@@ -281,7 +281,7 @@ const PUBLISH_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// A publish waiting for its batch.
 struct Publish {
     message_type: String,
-    headers: String,
+    headers: Vec<u8>,
     body: Bytes,
     reply: oneshot::Sender<Result<()>>,
 }
@@ -416,7 +416,7 @@ impl Bindings {
                         .arg("NOMKSTREAM")
                         .arg("*")
                         .arg("h")
-                        .arg(&publish.headers)
+                        .arg(publish.headers.as_slice())
                         .arg("b")
                         .arg(publish.body.as_ref());
                     pipe.add_command(xadd);
