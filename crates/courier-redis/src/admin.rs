@@ -8,7 +8,7 @@ use courier_core::{Admin, DeadLetter, DeadLetterFilter, Error, QueueStats, Resul
 use redis::{AsyncCommands, Value};
 
 use crate::conn::to_error;
-use crate::entry::{array, encode_headers, id_millis, int, parse_range};
+use crate::entry::{array, encode_headers, int, parse_range};
 use crate::transport::RedisTransport;
 
 /// A dead letter's entry id: `<stream id>@<queue>` (stream ids are unique per queue only).
@@ -47,9 +47,12 @@ impl RedisTransport {
         Ok(parse_range(reply)
             .into_iter()
             .map(|entry| DeadLetter {
-                entry_id: entry_id(&entry.id, queue),
+                entry_id: entry_id(&entry.id.to_string(), queue),
                 queue: queue.to_owned(),
-                dead_lettered_at: Utc.timestamp_millis_opt(id_millis(&entry.id)).single().unwrap_or_else(Utc::now),
+                dead_lettered_at: Utc
+                    .timestamp_millis_opt(i64::try_from(entry.id.millis).unwrap_or(i64::MAX))
+                    .single()
+                    .unwrap_or_else(Utc::now),
                 message: entry.into_parts().0,
             })
             .collect())

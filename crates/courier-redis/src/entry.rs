@@ -1,6 +1,6 @@
 //! Stream keys and entries: where a queue lives and how a message is stored in it.
 
-use std::sync::Arc;
+use std::fmt;
 
 use bytes::Bytes;
 use courier_core::{Error, Headers, RawMessage, Result, is_implied_attribute, restore_implied_attributes};
@@ -31,11 +31,52 @@ impl Keys {
     }
 }
 
+/// A stream entry's id, `<milliseconds>-<sequence>`, held as its two numbers: the subscription's held set, the
+/// delivery's acker and the acknowledgement batcher each keep a copy, and a copy of two numbers allocates nothing
+/// (as text it cost an allocation, freed on whichever thread acknowledged it last, and a SipHash of the text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct StreamId {
+    pub(crate) millis: u64,
+    pub(crate) seq: u64,
+}
+
+impl StreamId {
+    /// Reads `<milliseconds>-<sequence>`; `None` for anything else (Redis writes no other shape).
+    pub(crate) fn parse(text: &[u8]) -> Option<Self> {
+        let (millis, seq) = std::str::from_utf8(text).ok()?.split_once('-')?;
+        Some(Self { millis: millis.parse().ok()?, seq: seq.parse().ok()? })
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.millis, self.seq)
+    }
+}
+
+impl StreamId {
+    /// Appends `<milliseconds>-<sequence>`, without the formatting machinery (one goes out for every message
+    /// acknowledged).
+    pub(crate) fn write_to(&self, out: &mut Vec<u8>) {
+        let (mut millis, mut seq) = (itoa::Buffer::new(), itoa::Buffer::new());
+        out.extend_from_slice(millis.format(self.millis).as_bytes());
+        out.push(b'-');
+        out.extend_from_slice(seq.format(self.seq).as_bytes());
+    }
+}
+
+impl redis::ToRedisArgs for StreamId {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        let mut id = Vec::with_capacity(41);
+        self.write_to(&mut id);
+        out.write_arg(&id);
+    }
+}
+
 /// One stream entry as read back.
 #[derive(Debug)]
 pub(crate) struct Entry {
-    /// Shared by the subscription's held set, the delivery's acker and the acknowledgement batcher.
-    pub(crate) id: Arc<str>,
+    pub(crate) id: StreamId,
     /// Deliveries counted before this entry was written.
     pub(crate) counted: u32,
     pub(crate) headers: Headers,
@@ -82,11 +123,10 @@ pub(crate) fn decode_headers(bytes: &[u8]) -> Headers {
     headers
 }
 
-fn entry_id(v: &Value) -> Option<Arc<str>> {
+fn entry_id(v: &Value) -> Option<StreamId> {
     match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into()),
-        Value::SimpleString(s) => Some(s.as_str().into()),
-        Value::Int(i) => Some(i.to_string().into()),
+        Value::BulkString(b) => StreamId::parse(b),
+        Value::SimpleString(s) => StreamId::parse(s.as_bytes()),
         _ => None,
     }
 }
@@ -145,11 +185,6 @@ pub(crate) fn parse_range(v: Value) -> Vec<Entry> {
     array(v).into_iter().filter_map(parse_entry).collect()
 }
 
-/// The millisecond part of a stream id (`<ms>-<seq>`).
-pub(crate) fn id_millis(id: &str) -> i64 {
-    id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +195,20 @@ mod tests {
         let stored = encode_headers(&headers).unwrap();
         assert_eq!(stored, br#"{"id":"m-1","type":"t.v1"}"#);
         assert_eq!(decode_headers(&stored).get("datacontenttype"), headers.get("datacontenttype"));
+    }
+
+    #[test]
+    fn stream_ids_read_and_write_as_redis_has_them() {
+        use redis::ToRedisArgs;
+        for text in ["0-0", "1718000000000-0", "1718000000000-17", "18446744073709551615-18446744073709551615"] {
+            let id = StreamId::parse(text.as_bytes()).unwrap();
+            assert_eq!(id.to_string(), text);
+            assert_eq!(id.to_redis_args(), vec![text.as_bytes().to_vec()]);
+        }
+        assert!(StreamId::parse(b"1718000000000-1") < StreamId::parse(b"1718000000001-0"));
+        for bad in ["", "-", "17", "17-", "-3", "a-1", "1-b", "1-2-3", "18446744073709551616-0"] {
+            assert_eq!(StreamId::parse(bad.as_bytes()), None, "{bad}");
+        }
     }
 
     #[test]
