@@ -121,26 +121,34 @@ pub(crate) async fn run_endpoint(
             }
             continue;
         }
-        let mut first = Some(first);
+        // The batch's prefetch permits, one a delivery, taken together (the first before the take): a handling that
+        // finishes at its first poll gives its permit back with the others when the batch is done, one release (a
+        // lock of the semaphore's) instead of one a message; one that waits takes its own into its task.
+        let mut held = first;
+        if let Some(more) = batch.len().checked_sub(1).filter(|&n| n > 0) {
+            let more = u32::try_from(more).unwrap_or(u32::MAX);
+            if let Ok(more) = prefetch.clone().try_acquire_many_owned(more) {
+                held.merge(more);
+            }
+        }
+        // Deliveries of this batch whose permit is in `held` and not yet spoken for.
+        let mut covered = held.num_permits();
         let mut batch = batch.into_iter();
         // When the last first poll ended, while this loop has not waited since: the next first poll is timed from
         // there, one clock read a handling instead of two (the few steps in between take well under a microsecond).
         let mut mark: Option<Instant> = None;
         while let Some(delivery) = batch.next() {
-            let held = match first.take() {
-                Some(p) => p,
-                None => match prefetch.clone().try_acquire_owned() {
-                    Ok(p) => p,
-                    // The transport returned more than asked: wait for room rather than exceed prefetch.
-                    Err(_) => match prefetch.clone().acquire_owned().await {
-                        Ok(p) => {
-                            mark = None;
-                            p
-                        }
-                        Err(_) => break,
-                    },
+            match covered.checked_sub(1) {
+                Some(left) => covered = left,
+                // The transport returned more than asked: wait for room rather than exceed prefetch.
+                None => match prefetch.clone().acquire_owned().await {
+                    Ok(permit) => {
+                        held.merge(permit);
+                        mark = None;
+                    }
+                    Err(_) => break,
                 },
-            };
+            }
             // Handlers start in delivery order: the concurrency permit is taken here, before spawning, so with a
             // concurrency of 1 messages are handled strictly one after another in queue order. Taken at once when
             // one is free: waiting on shutdown as well registers with the token, under its lock.
@@ -168,7 +176,6 @@ pub(crate) async fn run_endpoint(
             };
             let shared = shared.clone();
             let handling = async move {
-                let _held = held;
                 let Shared { bus, endpoint, abort } = &*shared;
                 // The handler's own panics are caught in `process`; this catches the rest (an observer, a metrics
                 // recorder), so that one bad message never stops the consumer loop, whether it is handled here or
@@ -184,7 +191,11 @@ pub(crate) async fn run_endpoint(
             };
             if spawn_next > 0 {
                 spawn_next -= 1;
-                tasks.spawn(handling);
+                let own = held.split(1);
+                tasks.spawn(async move {
+                    let _held = own;
+                    handling.await
+                });
                 mark = None;
                 continue;
             }
@@ -204,7 +215,11 @@ pub(crate) async fn run_endpoint(
                 }
             }
             if polled.is_pending() {
-                tasks.spawn(handling);
+                let own = held.split(1);
+                tasks.spawn(async move {
+                    let _held = own;
+                    handling.await
+                });
             }
         }
     }

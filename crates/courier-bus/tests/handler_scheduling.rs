@@ -159,3 +159,50 @@ async fn a_panic_outside_the_handler_does_not_stop_the_consumer() {
         "every message is handled although an observer panicked"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_more_messages_are_in_hand_than_the_prefetch() {
+    const JOBS: u64 = 60;
+    const PREFETCH: usize = 8;
+    let engine = MemoryTransport::new().into_engine();
+    let sender = Bus::builder("sender").engine_instance(engine.clone()).start().await.expect("sender");
+    for n in 0..JOBS {
+        sender.send("jobs", Job { n }).await.expect("send");
+    }
+    let seen = Arc::new(Observed::default());
+    // Every third job waits until released; the others finish at their first poll. Once the waiting ones fill the
+    // prefetch, the consumer may take nothing more, however many handlers the concurrency would allow.
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let (s, r) = (seen.clone(), release.clone());
+    let bus = Bus::builder("jobs")
+        .engine_instance(engine)
+        .prefetch(PREFETCH)
+        .concurrency(100)
+        .consume(move |job: Job, _ctx: Context| {
+            let (s, r) = (s.clone(), r.clone());
+            async move {
+                s.start(job.n);
+                if job.n % 3 == 0 {
+                    r.acquire().await.expect("released").forget();
+                }
+                s.end(JOBS as usize);
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await
+        .expect("consumer");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.running.load(Ordering::SeqCst) < PREFETCH && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Give the consumer time to (wrongly) take more.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (running, started) = (seen.running.load(Ordering::SeqCst), seen.started.lock().unwrap().len());
+    assert_eq!(running, PREFETCH, "with {PREFETCH} waiting handlers in hand, {running} run ({started} started)");
+    release.add_permits(JOBS as usize);
+    seen.wait_all(JOBS as usize).await;
+    bus.shutdown().await;
+    let most = seen.most.load(Ordering::SeqCst);
+    assert!(most <= PREFETCH, "{most} messages were in hand at once with a prefetch of {PREFETCH}");
+}
