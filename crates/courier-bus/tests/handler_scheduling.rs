@@ -182,7 +182,7 @@ async fn no_more_messages_are_in_hand_than_the_prefetch() {
             let (s, r) = (s.clone(), r.clone());
             async move {
                 s.start(job.n);
-                if job.n % 3 == 0 {
+                if job.n.is_multiple_of(3) {
                     r.acquire().await.expect("released").forget();
                 }
                 s.end(JOBS as usize);
