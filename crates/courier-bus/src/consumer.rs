@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
-use courier_core::{Delivery, Envelope, Subscription, dead_letter_attr as dl, failure_fingerprint};
+use courier_core::{Delivery, Envelope, Subscription, TraceParent, dead_letter_attr as dl, failure_fingerprint};
 use futures::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -122,8 +122,9 @@ pub(crate) async fn run_endpoint(
             continue;
         }
         // The batch's prefetch permits, one a delivery, taken together (the first before the take): a handling that
-        // finishes at its first poll gives its permit back with the others when the batch is done, one release (a
-        // lock of the semaphore's) instead of one a message; one that waits takes its own into its task.
+        // finishes at its first poll leaves its permit for the next delivery of the batch, and what is left goes back
+        // when the batch is done, one release (a lock of the semaphore's) instead of one a message; a handling that
+        // waits takes its own into its task.
         let mut held = first;
         if let Some(more) = batch.len().checked_sub(1).filter(|&n| n > 0) {
             let more = u32::try_from(more).unwrap_or(u32::MAX);
@@ -131,7 +132,7 @@ pub(crate) async fn run_endpoint(
                 held.merge(more);
             }
         }
-        // Deliveries of this batch whose permit is in `held` and not yet spoken for.
+        // Permits in `held` not spoken for: always `held.num_permits()` once a delivery is done with.
         let mut covered = held.num_permits();
         let mut batch = batch.into_iter();
         // When the last first poll ended, while this loop has not waited since: the next first poll is timed from
@@ -140,14 +141,19 @@ pub(crate) async fn run_endpoint(
         while let Some(delivery) = batch.next() {
             match covered.checked_sub(1) {
                 Some(left) => covered = left,
-                // The transport returned more than asked: wait for room rather than exceed prefetch.
-                None => match prefetch.clone().acquire_owned().await {
-                    Ok(permit) => {
-                        held.merge(permit);
-                        mark = None;
+                // The transport returned more than asked (and handlers in tasks hold the rest): wait for room rather
+                // than exceed prefetch.
+                None => {
+                    mark = None;
+                    match permit_unless_shutdown(&prefetch, &shutdown).await {
+                        Some(permit) => held.merge(permit),
+                        None => {
+                            unstarted.push(delivery);
+                            unstarted.extend(batch.by_ref());
+                            break 'taking;
+                        }
                     }
-                    Err(_) => break,
-                },
+                }
             }
             // Handlers start in delivery order: the concurrency permit is taken here, before spawning, so with a
             // concurrency of 1 messages are handled strictly one after another in queue order. Taken at once when
@@ -160,17 +166,13 @@ pub(crate) async fn run_endpoint(
                 Some(permit) => permit,
                 None => {
                     mark = None;
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.cancelled() => {
+                    match permit_unless_shutdown(&running, &shutdown).await {
+                        Some(permit) => permit,
+                        None => {
                             unstarted.push(delivery);
                             unstarted.extend(batch.by_ref());
                             break 'taking;
                         }
-                        permit = running.clone().acquire_owned() => match permit {
-                            Ok(permit) => permit,
-                            Err(_) => break 'taking,
-                        },
                     }
                 }
             };
@@ -220,6 +222,10 @@ pub(crate) async fn run_endpoint(
                     let _held = own;
                     handling.await
                 });
+                // Spawning may wake a parked worker (a system call): not part of the next first poll.
+                mark = None;
+            } else {
+                covered += 1;
             }
         }
     }
@@ -241,6 +247,18 @@ pub(crate) async fn run_endpoint(
         if tokio::time::timeout(SETTLE_AFTER_ABORT, tasks.wait()).await.is_err() {
             tracing::warn!(queue = %endpoint.queue, remaining = tasks.len(), "settling still running after shutdown");
         }
+    }
+}
+
+/// A permit of `semaphore` once one is free, or `None` once shutdown comes first (or the semaphore is closed).
+async fn permit_unless_shutdown(
+    semaphore: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => None,
+        permit = semaphore.clone().acquire_owned() => permit.ok(),
     }
 }
 
@@ -342,10 +360,12 @@ async fn settle_failure(
     handler: &str,
 ) {
     let queue: &str = &endpoint.queue;
+    let trace_id = envelope.traceparent.as_deref().and_then(TraceParent::parse).map(|t| t.trace_id_hex());
     tracing::warn!(
         queue,
         message.id = %envelope.id,
         message.type = %envelope.message_type,
+        trace_id = trace_id.as_deref().unwrap_or("-"),
         attempt,
         handler,
         error = %error,

@@ -106,14 +106,15 @@ async fn a_failed_handling_is_logged_with_the_message_it_failed_on() {
         .engine_instance(engine)
         .retry(courier_bus::Retry::none())
         .consume(move |_ping: Ping, ctx: Context| {
-            let _ = tx.send(ctx.message_id().to_owned());
+            let _ = tx.send((ctx.message_id().to_owned(), ctx.envelope().traceparent.clone()));
             async move { Err::<(), _>(HandlerError::permanent("the ping was refused")) }
         })
         .start()
         .await
         .unwrap();
     bus.send("failing", Ping).await.unwrap();
-    let id = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    let (id, traceparent) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    let trace_id = TraceParent::parse(&traceparent.expect("a traceparent")).unwrap().trace_id_hex();
     // Logged when the consumer settles the failed handling, just after the handler returns.
     let logged =
         || spans.warnings.lock().unwrap().iter().any(|w| w.get("message").is_some_and(|m| m == "handler failed"));
@@ -134,4 +135,5 @@ async fn a_failed_handling_is_logged_with_the_message_it_failed_on() {
     assert_eq!(field("message.type").as_deref(), Some(Ping::NAME), "{failed:?}");
     assert_eq!(field("error").as_deref(), Some("the ping was refused"), "{failed:?}");
     assert_eq!(field("attempt").as_deref(), Some("1"), "{failed:?}");
+    assert_eq!(field("trace_id"), Some(trace_id), "{failed:?}");
 }

@@ -206,3 +206,98 @@ async fn no_more_messages_are_in_hand_than_the_prefetch() {
     let most = seen.most.load(Ordering::SeqCst);
     assert!(most <= PREFETCH, "{most} messages were in hand at once with a prefetch of {PREFETCH}");
 }
+
+/// A transport that hands out more deliveries than asked for (`EXTRA` more a batch), as a careless engine might.
+#[derive(Debug)]
+struct Generous(Arc<dyn courier_core::Transport>);
+
+/// A subscription of [`Generous`].
+#[derive(Debug)]
+struct GenerousSubscription(Box<dyn courier_core::Subscription>);
+
+const EXTRA: usize = 3;
+
+#[async_trait::async_trait]
+impl courier_core::Subscription for GenerousSubscription {
+    async fn next_batch(&mut self, max: usize) -> courier_core::Result<Vec<courier_core::Delivery>> {
+        self.0.next_batch(max + EXTRA).await
+    }
+    async fn close(&mut self) {
+        self.0.close().await
+    }
+}
+
+#[async_trait::async_trait]
+impl courier_core::Transport for Generous {
+    async fn declare_queue(&self, queue: &str) -> courier_core::Result<()> {
+        self.0.declare_queue(queue).await
+    }
+    async fn bind(&self, queue: &str, message_type: &str) -> courier_core::Result<()> {
+        self.0.bind(queue, message_type).await
+    }
+    async fn delete_queue(&self, queue: &str) -> courier_core::Result<()> {
+        self.0.delete_queue(queue).await
+    }
+    async fn publish(
+        &self,
+        message: courier_core::RawMessage,
+        at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> courier_core::Result<()> {
+        self.0.publish(message, at).await
+    }
+    async fn send(
+        &self,
+        queue: &str,
+        message: courier_core::RawMessage,
+        at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> courier_core::Result<()> {
+        self.0.send(queue, message, at).await
+    }
+    async fn subscribe(
+        &self,
+        queue: &str,
+        options: courier_core::SubscriptionOptions,
+    ) -> courier_core::Result<Box<dyn courier_core::Subscription>> {
+        Ok(Box::new(GenerousSubscription(self.0.subscribe(queue, options).await?)))
+    }
+    async fn flush(&self) -> courier_core::Result<()> {
+        self.0.flush().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transport_that_hands_out_more_than_asked_neither_stalls_nor_overfills_the_consumer() {
+    const JOBS: u64 = 200;
+    const PREFETCH: usize = 4;
+    let memory = MemoryTransport::new().into_engine();
+    let engine = courier_core::Engine { transport: Arc::new(Generous(memory.transport.clone())), admin: memory.admin };
+    let sender = Bus::builder("sender").engine_instance(engine.clone()).start().await.expect("sender");
+    for n in 0..JOBS {
+        sender.send("jobs", Job { n }).await.expect("send");
+    }
+    let seen = Arc::new(Observed::default());
+    let s = seen.clone();
+    let bus = Bus::builder("jobs")
+        .engine_instance(engine)
+        .prefetch(PREFETCH)
+        .concurrency(100)
+        .consume(move |job: Job, _ctx: Context| {
+            let s = s.clone();
+            async move {
+                s.start(job.n);
+                // Most finish at their first poll; every tenth waits, so both kinds hold permits.
+                if job.n.is_multiple_of(10) {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                s.end(JOBS as usize);
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .start()
+        .await
+        .expect("consumer");
+    seen.wait_all(JOBS as usize).await;
+    tokio::time::timeout(Duration::from_secs(10), bus.shutdown()).await.expect("the consumer shuts down");
+    let most = seen.most.load(Ordering::SeqCst);
+    assert!(most <= PREFETCH, "{most} handlers ran at once with a prefetch of {PREFETCH}");
+}
