@@ -41,11 +41,18 @@ pub(crate) struct StreamId {
 }
 
 impl StreamId {
-    /// Reads `<milliseconds>-<sequence>`; `None` for anything else (Redis writes no other shape).
+    /// Reads `<milliseconds>-<sequence>`, each plain decimal digits as Redis writes them (no sign, no leading
+    /// zero); `None` for anything else.
     pub(crate) fn parse(text: &[u8]) -> Option<Self> {
         let (millis, seq) = std::str::from_utf8(text).ok()?.split_once('-')?;
-        Some(Self { millis: millis.parse().ok()?, seq: seq.parse().ok()? })
+        Some(Self { millis: decimal(millis)?, seq: decimal(seq)? })
     }
+}
+
+/// A number written as Redis writes one: digits only, no leading zero unless it is `0`.
+fn decimal(text: &str) -> Option<u64> {
+    let plain = text.bytes().all(|b| b.is_ascii_digit()) && (text == "0" || !text.starts_with('0'));
+    if plain { text.parse().ok() } else { None }
 }
 
 impl fmt::Display for StreamId {
@@ -206,7 +213,8 @@ mod tests {
             assert_eq!(id.to_redis_args(), vec![text.as_bytes().to_vec()]);
         }
         assert!(StreamId::parse(b"1718000000000-1") < StreamId::parse(b"1718000000001-0"));
-        for bad in ["", "-", "17", "17-", "-3", "a-1", "1-b", "1-2-3", "18446744073709551616-0"] {
+        for bad in ["", "-", "17", "17-", "-3", "a-1", "1-b", "1-2-3", "18446744073709551616-0", "+1-2", "01-2", "1-02"]
+        {
             assert_eq!(StreamId::parse(bad.as_bytes()), None, "{bad}");
         }
     }
