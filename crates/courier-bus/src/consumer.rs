@@ -191,13 +191,17 @@ pub(crate) async fn run_endpoint(
                     );
                 }
             };
-            if spawn_next > 0 {
-                spawn_next -= 1;
+            // A handling that continues as a task takes its delivery's prefetch permit with it.
+            let spawn = |handling, held: &mut OwnedSemaphorePermit| {
                 let own = held.split(1);
                 tasks.spawn(async move {
                     let _held = own;
                     handling.await
                 });
+            };
+            if spawn_next > 0 {
+                spawn_next -= 1;
+                spawn(Box::pin(handling), &mut held);
                 mark = None;
                 continue;
             }
@@ -217,11 +221,7 @@ pub(crate) async fn run_endpoint(
                 }
             }
             if polled.is_pending() {
-                let own = held.split(1);
-                tasks.spawn(async move {
-                    let _held = own;
-                    handling.await
-                });
+                spawn(handling, &mut held);
                 // Spawning may wake a parked worker (a system call): not part of the next first poll.
                 mark = None;
             } else {

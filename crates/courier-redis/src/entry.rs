@@ -47,6 +47,15 @@ impl StreamId {
         let (millis, seq) = std::str::from_utf8(text).ok()?.split_once('-')?;
         Some(Self { millis: decimal(millis)?, seq: decimal(seq)? })
     }
+
+    /// Appends `<milliseconds>-<sequence>`, without the formatting machinery (one goes out for every message
+    /// acknowledged).
+    pub(crate) fn write_to(&self, out: &mut Vec<u8>) {
+        let (mut millis, mut seq) = (itoa::Buffer::new(), itoa::Buffer::new());
+        out.extend_from_slice(millis.format(self.millis).as_bytes());
+        out.push(b'-');
+        out.extend_from_slice(seq.format(self.seq).as_bytes());
+    }
 }
 
 /// A number written as Redis writes one: digits only, no leading zero unless it is `0`.
@@ -58,17 +67,6 @@ fn decimal(text: &str) -> Option<u64> {
 impl fmt::Display for StreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.millis, self.seq)
-    }
-}
-
-impl StreamId {
-    /// Appends `<milliseconds>-<sequence>`, without the formatting machinery (one goes out for every message
-    /// acknowledged).
-    pub(crate) fn write_to(&self, out: &mut Vec<u8>) {
-        let (mut millis, mut seq) = (itoa::Buffer::new(), itoa::Buffer::new());
-        out.extend_from_slice(millis.format(self.millis).as_bytes());
-        out.push(b'-');
-        out.extend_from_slice(seq.format(self.seq).as_bytes());
     }
 }
 

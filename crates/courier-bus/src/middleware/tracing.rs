@@ -7,7 +7,8 @@ use crate::{BoxFuture, Context, HandlerError, Middleware, Next};
 /// Wraps each handling in an `info` span `courier.consume` with the message id, type, queue, attempt and the full
 /// 32-character W3C trace id and span id, so logs of one business flow can be joined across services. Messages the
 /// handler publishes carry the trace forward (see [`Context::publish`]). A handler's failure is logged by the
-/// consumer when it settles the message (`handler failed`, with the queue, message id and type, attempt and error).
+/// consumer when it settles the message (`handler failed`, with the queue, message id and type, trace id, attempt,
+/// handler and error).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Tracing;
 
