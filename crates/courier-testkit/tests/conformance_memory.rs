@@ -20,9 +20,12 @@ fn cases_share_one_engine() {
     run_case(
         || async move { shared.into_engine() },
         |engine| async move {
-            let fan_out_twice = async {
-                cases::fan_out(engine.clone()).await;
-                cases::fan_out(engine.clone()).await;
+            let fan_out_twice = {
+                let engine = engine.clone();
+                async move {
+                    cases::fan_out(engine.clone()).await;
+                    cases::fan_out(engine).await;
+                }
             };
             tokio::join!(
                 fan_out_twice,
